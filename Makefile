@@ -1,0 +1,22 @@
+PYTHON ?= python
+.PHONY: install test lint format demo toy bench
+
+install:  ## torch, detectron2 (from source unless importable), fsod-d2 editable + dev extras
+	PYTHON=$(PYTHON) bash scripts/install.sh
+
+test:  ## CPU test suite (tiny configs)
+	$(PYTHON) -m pytest -q tests
+
+lint:
+	$(PYTHON) -m ruff check fsod_d2 tools tests benchmarks setup.py
+	$(PYTHON) -m ruff format --check fsod_d2 tools tests benchmarks setup.py
+
+format:
+	$(PYTHON) -m ruff check --fix fsod_d2 tools tests benchmarks setup.py
+	$(PYTHON) -m ruff format fsod_d2 tools tests benchmarks setup.py
+
+toy:  ## generate the toy few-shot dataset under $$DETECTRON2_DATASETS (default datasets/)
+	$(PYTHON) tools/make_toy_dataset.py
+
+demo:  ## toy data -> base training on CPU -> novel K-shot eval (bAP/nAP) -> visualizations
+	bash scripts/demo.sh

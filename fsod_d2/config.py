@@ -1,0 +1,84 @@
+"""All fsod-d2 config keys. ``add_fsod_config`` is the only place they are declared.
+
+It adds keys to the cfg it is given (never to detectron2's global ``_C``). Episode and data keys
+live under ``cfg.FSOD``; model keys under ``cfg.MODEL.FSOD``.
+"""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_fsod_config(cfg: CN) -> CN:
+    """Add fsod-d2's keys (with defaults) to ``cfg`` in place and return it. Idempotent."""
+    if "FSOD" in cfg:
+        return cfg
+    _add_model_config(cfg)
+    _add_episode_config(cfg)
+    _add_engine_config(cfg)
+    return cfg
+
+
+def _add_model_config(cfg: CN) -> None:
+    m = cfg.MODEL.FSOD = CN()
+    # How the support kernel conditions the RPN. "early": query feature * kernel, then the RPN
+    # conv, once per class (paper). "late": the RPN conv runs once on the query, the kernel
+    # multiplies its hidden map right before the objectness layer (cost nearly flat in #classes).
+    m.RPN_CONDITIONING = "early"
+    # Relation branches of the multi-relation head; their match logits are summed.
+    m.GLOBAL_RELATION = True  # pooled query/support vectors -> MLP
+    m.LOCAL_RELATION = True  # depth-wise correlation of 1x1-reduced maps
+    m.PATCH_RELATION = True  # concatenated ROI maps -> small conv stack
+    m.RELATION_DIM = 256  # hidden width of each relation branch
+    # Training pairs (ROI, class) per query image, sampled as
+    # positive matches : background ROIs of present classes : ROIs paired with absent classes.
+    m.PAIRS_PER_IMAGE = 128
+    m.PAIR_SAMPLING_RATIO = [1.0, 2.0, 1.0]
+    m.MATCH_LOSS_WEIGHT = 1.0  # weight of the binary match (classification) loss
+    m.BOX_LOSS_WEIGHT = 1.0  # weight of the class-agnostic box regression loss
+    # True: proposals of all classes are merged per image (best class per anchor, one NMS) and
+    # every ROI is paired with every class, so res5 runs once per box. False: each class keeps
+    # its own proposals and ROIs (paper / FewX).
+    m.SHARED_PROPOSALS = True
+    # Test time: run the patch relation only on the top-k classes of each ROI ranked by the cheap
+    # global+local score; 0 = score every (ROI, class) pair with every branch.
+    m.PATCH_TOPK = 0
+    # Benchmark reference: run each class's branch separately in a Python loop (FewX-style).
+    # Same weights, same outputs as SHARED_PROPOSALS=False; only slower.
+    m.PER_CLASS_REFERENCE = False
+
+    # Tiny backbone for CPU tests/demo (registered as "build_fsod_tiny_backbone"). Its output
+    # name is MODEL.RESNETS.OUT_FEATURES[0]; its channels RES2_OUT_CHANNELS * 4 so that
+    # detectron2's res5 head (built from MODEL.RESNETS) fits on top, as for ResNet C4.
+    m.TINY_BACKBONE = CN()
+    m.TINY_BACKBONE.STEM_CHANNELS = 32
+
+
+def _add_episode_config(cfg: CN) -> None:
+    f = cfg.FSOD = CN()
+    f.N_WAY = 5  # classes per training episode (positive + negative)
+    f.K_SHOT = 3  # support crops per class
+    f.MAX_POSITIVE_CLASSES = 2  # at most this many of the N classes are present in the query
+    f.SEED = 0  # episode stream seed; episodes are a function of (SEED, iteration, rank)
+    f.STRICT_SHOTS = False  # True: a class with fewer than K instances is an error, not a warning
+
+    f.SUPPORT = CN()
+    f.SUPPORT.SIZE = 320  # support crops are SIZE x SIZE (aspect kept, zero padded); 384 also ok
+    f.SUPPORT.CONTEXT = 16  # pixels of context around each support box
+    f.SUPPORT.MIN_BOX_SIZE = 8  # boxes with a side shorter than this never become supports
+    f.SUPPORT.CACHE_DIR = ""  # support-crop cache; "" -> OUTPUT_DIR/support_cache
+
+    # Few-shot datasets declared from config (no Python needed): each entry is
+    # "name=<n>;json=<path>;images=<dir>;base=<c1,c2,..>;novel=<c3,...>" (names or ids).
+    f.REGISTER = []
+
+    f.TEST = CN()
+    # Registered dataset whose annotations provide the K-shot supports at evaluation
+    # (the seeded few-shot split of the training set).
+    f.TEST.SUPPORT_DATASET = ""
+    f.TEST.K_SHOT = 3  # supports per class at evaluation
+    f.TEST.SEED = 0  # seed of the evaluation support draw
+    f.TEST.PROTOTYPE_FILE = ""  # optional cache of computed prototypes (validated on load)
+
+
+def _add_engine_config(cfg: CN) -> None:
+    e = cfg.FSOD.ENGINE = CN()
+    e.LOG_GPU_STATS_PERIOD = 20  # iterations between GPU utilisation / memory records

@@ -1,0 +1,1 @@
+"""Data: few-shot datasets, splits, support pool, episodic mapper, toy data."""

@@ -1,0 +1,1 @@
+"""Training engine: FsodTrainer and hooks."""

@@ -1,0 +1,1 @@
+"""Evaluation: COCO-style AP with base/novel split."""

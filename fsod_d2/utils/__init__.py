@@ -1,0 +1,1 @@
+"""Utilities: visualization and helpers."""

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One-command install of fsod-d2 and its dependencies. Idempotent: re-running changes nothing.
+#   PYTHON=python3           interpreter to install into
+#   DETECTRON2_SRC=<path|url> where to build detectron2 from (a local clone, or a pip URL);
+#                             default: the official repository.
+set -euo pipefail
+PY=${PYTHON:-python}
+D2_SRC=${DETECTRON2_SRC:-git+https://github.com/facebookresearch/detectron2.git}
+cd "$(dirname "$0")/.."
+
+log() { echo "[install] $*"; }
+
+if $PY -c "import torch, torchvision" 2>/dev/null; then
+  log "torch $($PY -c 'import torch; print(torch.__version__)') already installed"
+else
+  log "installing torch + torchvision"
+  $PY -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+fi
+
+# detectron2.model_zoo imports pkg_resources, which setuptools>=81 no longer ships.
+if $PY -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) >= 81)"; then
+  log "setuptools<81 already installed"
+else
+  $PY -m pip install -q "setuptools<81"
+fi
+
+if $PY -c "import detectron2" 2>/dev/null; then
+  log "detectron2 $($PY -c 'import detectron2; print(detectron2.__version__)') already installed"
+else
+  log "building detectron2 from ${D2_SRC} (a few minutes on CPU)"
+  $PY -m pip install -q wheel ninja
+  MAX_JOBS=${MAX_JOBS:-2} $PY -m pip install --no-build-isolation "${D2_SRC}"
+fi
+
+if $PY -m pip show -q fsod-d2 >/dev/null 2>&1 && $PY -c "import fsod_d2, pytest, ruff" 2>/dev/null; then
+  log "fsod-d2 already installed (editable)"
+else
+  log "installing fsod-d2 (editable, dev extras)"
+  $PY -m pip install -q --no-build-isolation -e ".[dev]"
+fi
+$PY -c "import detectron2, fsod_d2; print('[install] ok: detectron2', detectron2.__version__)"

@@ -1,0 +1,29 @@
+"""fsod-d2: few-shot object detection (Attention-RPN + Multi-Relation head) as a Detectron2 plugin."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fsod-d2",
+    version="0.1.0",
+    description="Few-shot object detection (Attention-RPN, multi-relation head) for Detectron2",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(exclude=("tests", "tools", "benchmarks", "configs")),
+    python_requires=">=3.10",
+    # detectron2 is not on PyPI: `make install` (scripts/install.sh) builds it from source.
+    install_requires=[
+        "torch",
+        "torchvision",
+        "fvcore",
+        "pycocotools",
+        "opencv-python-headless",
+        "numpy",
+        "Pillow",
+        "tqdm",
+        "matplotlib",
+        "scikit-image",
+        "setuptools<81",  # detectron2.model_zoo imports pkg_resources
+    ],
+    extras_require={"dev": ["pytest", "ruff", "black", "psutil"]},
+)
