@@ -1,0 +1,148 @@
+"""Toy dataset generator: COCO validity, determinism, reuse, class coverage."""
+
+import json
+import os
+
+import pytest
+from pycocotools.coco import COCO
+
+from fsod_d2.data.toy import TOY_CATEGORIES, generate_toy_dataset, toy_category_id, toy_split
+
+SMALL = {"num_train": 12, "num_val": 4, "image_size": (96, 128)}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    return root, generate_toy_dataset(root, **SMALL)
+
+
+def _load(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_categories_and_split():
+    assert len(TOY_CATEGORIES) == 50 and len(set(TOY_CATEGORIES)) == 50
+    base, novel = toy_split()
+    assert base == TOY_CATEGORIES[:20] and novel == TOY_CATEGORIES[20:25]
+    base, novel = toy_split(40, 10)
+    assert len(base) == 40 and len(novel) == 10 and not set(base) & set(novel)
+    with pytest.raises(ValueError):
+        toy_split(45, 10)
+
+
+def test_layout_and_result(small):
+    root, result = small
+    assert set(result) >= {
+        "train_json",
+        "val_json",
+        "image_root",
+        "base_classes",
+        "novel_classes",
+        "stats",
+    }
+    assert (result["base_classes"], result["novel_classes"]) == toy_split(20, 5)
+    stats = result["stats"]
+    assert stats["images"] == 16 and stats["categories"] == 25 and stats["boxes"] > 0
+    meta = _load(root / "meta.json")
+    assert meta["params"]["num_train"] == 12 and meta["base_classes"] == result["base_classes"]
+    for split in ("train", "val"):
+        data = _load(result[f"{split}_json"])
+        for img in data["images"]:
+            assert os.path.isfile(os.path.join(result["image_root"], img["file_name"]))
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_boxes_inside_image(small, split):
+    _, result = small
+    data = _load(result[f"{split}_json"])
+    sizes = {im["id"]: (im["height"], im["width"]) for im in data["images"]}
+    assert data["annotations"]
+    for ann in data["annotations"]:
+        h, w = sizes[ann["image_id"]]
+        x, y, bw, bh = ann["bbox"]
+        assert x >= 0 and y >= 0 and bw > 0 and bh > 0
+        assert x + bw <= w and y + bh <= h
+        assert 0 < ann["area"] <= bw * bh and ann["iscrowd"] == 0
+
+
+def test_category_ids_valid_and_non_contiguous(small):
+    _, result = small
+    names = result["base_classes"] + result["novel_classes"]
+    for split in ("train", "val"):
+        data = _load(result[f"{split}_json"])
+        ids = sorted(c["id"] for c in data["categories"])
+        assert ids == sorted(toy_category_id(n) for n in names)
+        assert {c["name"] for c in data["categories"]} == set(names)
+        assert ids != list(range(ids[0], ids[0] + len(ids)))  # not contiguous
+        assert {a["category_id"] for a in data["annotations"]} <= set(ids)
+
+
+def test_every_category_in_train(small):
+    _, result = small
+    data = _load(result["train_json"])
+    assert {a["category_id"] for a in data["annotations"]} == {c["id"] for c in data["categories"]}
+
+
+def test_pycocotools_loads(small):
+    _, result = small
+    coco = COCO(result["train_json"])
+    assert len(coco.getImgIds()) == 12 and len(coco.getCatIds()) == 25
+    assert len(coco.getAnnIds()) == result["stats"]["train_boxes"]
+
+
+def test_deterministic(small, tmp_path):
+    root, _ = small
+    again = generate_toy_dataset(tmp_path / "same", **SMALL)
+    other = generate_toy_dataset(tmp_path / "other", seed=1, **SMALL)
+    for split in ("train", "val"):
+        ref = (root / f"{split}.json").read_bytes()
+        assert open(again[f"{split}_json"], "rb").read() == ref
+        assert open(other[f"{split}_json"], "rb").read() != ref
+    img = "train/000000.jpg"
+    assert (root / "images" / img).read_bytes() == (tmp_path / "same/images" / img).read_bytes()
+
+
+def test_reuse_does_not_rewrite(tmp_path):
+    first = generate_toy_dataset(tmp_path, **SMALL)
+    files = [tmp_path / "meta.json", tmp_path / "train.json", tmp_path / "val.json"]
+    files += sorted((tmp_path / "images").rglob("*.jpg"))
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    second = generate_toy_dataset(tmp_path, **SMALL)
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+    assert second == first
+
+
+def test_changed_params_need_overwrite(tmp_path):
+    generate_toy_dataset(tmp_path, **SMALL)
+    with pytest.raises(FileExistsError, match="num_val"):
+        generate_toy_dataset(tmp_path, **{**SMALL, "num_val": 3})
+    result = generate_toy_dataset(tmp_path, overwrite=True, **{**SMALL, "num_val": 3})
+    assert result["stats"]["val_images"] == 3
+    assert len(list((tmp_path / "images" / "val").glob("*.jpg"))) == 3
+
+
+def test_incomplete_dataset_is_regenerated(tmp_path):
+    generate_toy_dataset(tmp_path, **SMALL)
+    (tmp_path / "images" / "train" / "000003.jpg").unlink()
+    generate_toy_dataset(tmp_path, **SMALL)
+    assert (tmp_path / "images" / "train" / "000003.jpg").is_file()
+
+
+def test_hard_benchmark_split(tmp_path):
+    params = dict(num_base=40, num_novel=10, num_train=10, num_val=2, image_size=(128, 160))
+    result = generate_toy_dataset(tmp_path, difficulty="hard", **params)
+    data = _load(result["train_json"])
+    assert len(data["categories"]) == 50
+    assert {a["category_id"] for a in data["annotations"]} == {c["id"] for c in data["categories"]}
+    for ann in data["annotations"]:
+        x, y, bw, bh = ann["bbox"]
+        assert x >= 0 and y >= 0 and bw > 0 and bh > 0 and x + bw <= 160 and y + bh <= 128
+
+
+def test_invalid_params(tmp_path):
+    with pytest.raises(ValueError):
+        generate_toy_dataset(tmp_path, difficulty="medium")
+    with pytest.raises(ValueError):
+        generate_toy_dataset(tmp_path, min_objects=3, max_objects=2)
