@@ -1,4 +1,5 @@
-"""fsod-d2: few-shot object detection (Attention-RPN + Multi-Relation head) as a Detectron2 plugin."""
+"""fsod-d2: few-shot object detection (Attention-RPN, multi-relation head) for Detectron2."""
+
 from pathlib import Path
 
 from setuptools import find_packages, setup

@@ -65,6 +65,9 @@ def _add_episode_config(cfg: CN) -> None:
     f.SUPPORT.CONTEXT = 16  # pixels of context around each support box
     f.SUPPORT.MIN_BOX_SIZE = 8  # boxes with a side shorter than this never become supports
     f.SUPPORT.CACHE_DIR = ""  # support-crop cache; "" -> OUTPUT_DIR/support_cache
+    # Encoding of cached crops: "jpg" (quality 95; ~10x smaller, for COCO-sized pools) or "png"
+    # (lossless: cached crops equal crop_support() exactly).
+    f.SUPPORT.CACHE_FORMAT = "jpg"
 
     # Few-shot datasets declared from config (no Python needed): each entry is
     # "name=<n>;json=<path>;images=<dir>;base=<c1,c2,..>;novel=<c3,...>" (names or ids).

@@ -1,0 +1,142 @@
+"""Attention-RPN: class-conditioned proposals for all N support classes in one batched pass.
+
+The support kernel of a class is its pooled res4 support feature (a C-vector). For a 1x1 kernel
+the depth-wise correlation of the paper is a channel-wise product, so the N class-conditioned
+query maps of B images form one (B*N, C, H, W) batch and detectron2's RPN machinery (anchors,
+matching, losses, NMS) runs on it unchanged.
+"""
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
+from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY, StandardRPNHead
+from detectron2.structures import ImageList, Instances
+from torch import Tensor
+
+_CONDITIONING = ("early", "late")
+
+
+@RPN_HEAD_REGISTRY.register()
+class AttentionRPNHead(StandardRPNHead):
+    """detectron2's RPN head, conditioned on per-class support kernels.
+
+    ``early`` (paper): the RPN conv runs on ``query * kernel`` for every class.
+    ``late``: the RPN conv and the box deltas run once per image (class-agnostic); only the
+    objectness layer sees ``hidden * kernel``, so extra classes cost a 1x1 conv each.
+    """
+
+    @configurable
+    def __init__(self, *, conditioning: str = "early", **kwargs):
+        super().__init__(**kwargs)
+        if conditioning not in _CONDITIONING:
+            raise ValueError(
+                f"MODEL.FSOD.RPN_CONDITIONING must be one of {_CONDITIONING}, got {conditioning!r}"
+            )
+        self.conditioning = conditioning
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["conditioning"] = cfg.MODEL.FSOD.RPN_CONDITIONING
+        return ret
+
+    def forward(self, features: List[Tensor], kernels: Tensor) -> Tuple[List[Tensor], List[Tensor]]:
+        """
+        Args:
+            features: per level, a (B, C, H, W) query map.
+            kernels: (B, N, C) support kernels of the N classes of each image.
+
+        Returns:
+            objectness logits (B*N, A, H, W) and anchor deltas (B*N, A*box_dim, H, W) per level;
+            row ``b * N + n`` is image b conditioned on class n.
+        """
+        num_classes = kernels.shape[1]
+        kernels = kernels[..., None, None]
+        logits, deltas = [], []
+        for x in features:
+            if self.conditioning == "early":
+                hidden = self.conv((x[:, None] * kernels).flatten(0, 1))
+                logits.append(self.objectness_logits(hidden))
+                deltas.append(self.anchor_deltas(hidden))
+            else:
+                hidden = self.conv(x)
+                logits.append(self.objectness_logits((hidden[:, None] * kernels).flatten(0, 1)))
+                # class-agnostic deltas, shared by reference (expand) rather than recomputed
+                d = self.anchor_deltas(hidden)
+                deltas.append(d[:, None].expand(-1, num_classes, -1, -1, -1).flatten(0, 1))
+        return logits, deltas
+
+
+@PROPOSAL_GENERATOR_REGISTRY.register()
+class AttentionRPN(RPN):
+    """detectron2's RPN over (image, support class) pairs; see the module docstring.
+
+    Proposals come per (image, class) pair, or, with ``merge_classes``, per image: every anchor
+    keeps the objectness and deltas of its best class and one NMS runs per image, so the cost of
+    proposal selection does not grow with the number of classes.
+    """
+
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, Tensor],
+        kernels: Tensor,
+        gt_instances: Optional[List[Instances]] = None,
+        merge_classes: bool = False,
+    ) -> Tuple[List[Instances], Dict[str, Tensor]]:
+        """
+        Args:
+            images: B query images.
+            features: backbone features of the queries.
+            kernels: (B, N, C) support kernels.
+            gt_instances: training only; B*N Instances, entry ``b * N + n`` holding the
+                ground-truth boxes of class n in image b (empty for absent classes).
+            merge_classes: return one proposal set per image instead of one per pair.
+
+        Returns:
+            proposals (B*N or B Instances with ``proposal_boxes`` and ``objectness_logits``)
+            and the RPN losses (empty at test time).
+        """
+        num_images, num_classes = kernels.shape[:2]
+        feats = [features[f] for f in self.in_features]
+        anchors = self.anchor_generator(feats)
+        logits, deltas = self.rpn_head(feats, kernels)
+        box_dim = self.anchor_generator.box_dim
+        # same layout as RPN.forward: (N_pairs, Hi*Wi*A) and (N_pairs, Hi*Wi*A, box_dim)
+        logits = [s.permute(0, 2, 3, 1).flatten(1) for s in logits]
+        deltas = [
+            d.view(d.shape[0], -1, box_dim, d.shape[-2], d.shape[-1])
+            .permute(0, 3, 4, 1, 2)
+            .flatten(1, -2)
+            for d in deltas
+        ]
+        losses = {}
+        if self.training:
+            gt_labels, gt_boxes = self.label_and_sample_anchors(anchors, gt_instances)
+            losses = self.losses(anchors, logits, gt_labels, deltas, gt_boxes)
+
+        if merge_classes:
+            logits, deltas = _best_class_per_anchor(logits, deltas, num_images, num_classes)
+            image_sizes = images.image_sizes
+        else:
+            image_sizes = [s for s in images.image_sizes for _ in range(num_classes)]
+        proposals = self.predict_proposals(anchors, logits, deltas, image_sizes)
+        return proposals, losses
+
+
+@torch.no_grad()
+def _best_class_per_anchor(
+    logits: List[Tensor], deltas: List[Tensor], num_images: int, num_classes: int
+) -> Tuple[List[Tensor], List[Tensor]]:
+    """Per level, reduce (B*N, L) logits / (B*N, L, D) deltas to the best class per anchor."""
+    merged_logits, merged_deltas = [], []
+    for s, d in zip(logits, deltas):
+        s = s.detach().view(num_images, num_classes, -1)
+        best, idx = s.max(dim=1)
+        d = d.detach().view(num_images, num_classes, d.shape[1], d.shape[2])
+        idx = idx[:, None, :, None].expand(-1, 1, -1, d.shape[-1])
+        merged_logits.append(best)
+        merged_deltas.append(d.gather(1, idx).squeeze(1))
+    return merged_logits, merged_deltas

@@ -1,0 +1,289 @@
+"""FsodRCNN: few-shot detector with a shared backbone, attention-RPN and multi-relation head."""
+
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import cat
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.structures import ImageList, Instances
+from torch import Tensor
+
+from .support import PrototypeSet, StalePrototypeError, support_fingerprint, weights_fingerprint
+
+logger = logging.getLogger(__name__)
+
+
+@META_ARCH_REGISTRY.register()
+class FsodRCNN(GeneralizedRCNN):
+    """Few-shot R-CNN (Fan et al., CVPR 2020) on detectron2's GeneralizedRCNN.
+
+    Training input: detectron2 dicts with "image", "instances" (``gt_classes`` are contiguous
+    dataset ids) and the episode's supports: "support_images" (N*K, 3, S, S, class-major),
+    "support_boxes" (N*K, 4) and "support_classes" (N,). Ground truth of classes outside the
+    episode is ignored.
+
+    Inference input: plain detectron2 dicts; the classes are those of the prototypes set with
+    :meth:`set_prototypes` (see :meth:`compute_prototypes`). ``pred_classes`` are the
+    prototypes' contiguous dataset class ids.
+    """
+
+    @configurable
+    def __init__(
+        self, *, shared_proposals: bool = True, per_class_reference: bool = False, **kwargs
+    ):
+        """
+        Args:
+            shared_proposals: merge proposals of all classes per image and pair every ROI with
+                every class (ROI features once per box); False: each class keeps its own ROIs.
+            per_class_reference: run each class separately in a loop (FewX-style benchmark
+                reference); the same outputs as ``shared_proposals=False``, only slower.
+            kwargs: see :class:`GeneralizedRCNN`.
+        """
+        super().__init__(**kwargs)
+        self.shared_proposals = shared_proposals
+        self.per_class_reference = per_class_reference
+        self.prototypes: Optional[PrototypeSet] = None
+        rpn_features = list(self.proposal_generator.in_features)
+        roi_features = list(self.roi_heads.in_features)
+        if len(rpn_features) != 1 or rpn_features != roi_features:
+            raise ValueError(
+                "FsodRCNN needs one shared feature map (C4 layout): MODEL.RPN.IN_FEATURES="
+                f"{rpn_features} and MODEL.ROI_HEADS.IN_FEATURES={roi_features} must be the same "
+                "single name"
+            )
+        self.feature_name = roi_features[0]
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        ret["shared_proposals"] = cfg.MODEL.FSOD.SHARED_PROPOSALS
+        ret["per_class_reference"] = cfg.MODEL.FSOD.PER_CLASS_REFERENCE
+        return ret
+
+    # ------------------------------------------------------------------ supports
+    def _normalize(self, images: Tensor) -> Tensor:
+        return (images.to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
+
+    def encode_supports(self, images: Tensor, boxes: Tensor) -> Tuple[Tensor, Tensor]:
+        """Raw support crops (S, 3, H, W) and boxes (S, 4) -> per-shot RPN kernels (S, C) and
+        ROI features (S, C5, h, w)."""
+        features = self.backbone(self._normalize(images))[self.feature_name]
+        return self.roi_heads.encode_supports(features, boxes.to(self.device, torch.float32))
+
+    @torch.no_grad()
+    def compute_prototypes(
+        self,
+        support_images: Tensor,
+        support_boxes: Tensor,
+        class_ids: Sequence[int],
+        class_names: Optional[Sequence[str]] = None,
+        *,
+        batch_size: int = 32,
+    ) -> PrototypeSet:
+        """Prototypes of a support set, once: K shots per class, class-major.
+
+        Args:
+            support_images: (C*K, 3, S, S) crops in the model's input format.
+            support_boxes: (C*K, 4) object boxes in crop coordinates (XYXY).
+            class_ids: C contiguous dataset class ids (the detections' ``pred_classes``).
+            class_names: optional C names, stored with the prototypes.
+            batch_size: crops per backbone pass.
+        """
+        class_ids = torch.as_tensor(list(class_ids), dtype=torch.long)
+        num_classes = len(class_ids)
+        if num_classes == 0 or len(support_images) % num_classes:
+            raise ValueError(
+                f"{len(support_images)} support crops cannot be split into {num_classes} classes "
+                "of K shots each (class-major order)"
+            )
+        shots = len(support_images) // num_classes
+        was_training = self.training
+        self.eval()
+        try:
+            parts = [
+                self.encode_supports(
+                    support_images[i : i + batch_size], support_boxes[i : i + batch_size]
+                )
+                for i in range(0, len(support_images), batch_size)
+            ]
+        finally:
+            self.train(was_training)
+        kernels = cat([p[0] for p in parts]).unflatten(0, (num_classes, shots)).mean(1)
+        rois = cat([p[1] for p in parts]).unflatten(0, (num_classes, shots)).mean(1)
+        return PrototypeSet(
+            class_ids=class_ids,
+            rpn_kernels=kernels,
+            roi_prototypes=rois,
+            class_names=list(class_names or []),
+            weights_fingerprint=weights_fingerprint(self),
+            support_fingerprint=support_fingerprint(
+                support_images, support_boxes, class_ids, shots
+            ),
+        )
+
+    def set_prototypes(self, prototypes: Optional[PrototypeSet]) -> None:
+        """Use these class prototypes for inference (``None`` clears them)."""
+        self.prototypes = None if prototypes is None else prototypes.to(self.device)
+
+    def load_prototypes(self, path: str, support_fp: Optional[str] = None) -> PrototypeSet:
+        """Load a prototype file, check it was made with these weights (and support set, if
+        its fingerprint is given), and use it. Raises StalePrototypeError otherwise."""
+        prototypes = PrototypeSet.load(
+            path, weights_fingerprint=weights_fingerprint(self), support_fingerprint=support_fp
+        )
+        self.set_prototypes(prototypes)
+        return prototypes
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batched_inputs: List[Dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        kernels, prototypes = self._episode_prototypes(batched_inputs)
+        targets = [
+            _episode_targets(x["instances"].to(self.device), x["support_classes"].to(self.device))
+            for x in batched_inputs
+        ]
+        if not self.per_class_reference:
+            return self._losses(images, features, kernels, prototypes, targets)
+        num_classes = kernels.shape[1]
+        per_class = [
+            self._losses(
+                images,
+                features,
+                kernels[:, n : n + 1],
+                prototypes[:, n : n + 1],
+                [_class_targets(t, n) for t in targets],
+            )
+            for n in range(num_classes)
+        ]
+        return {k: sum(loss[k] for loss in per_class) / num_classes for k in per_class[0]}
+
+    def _episode_prototypes(self, batched_inputs: List[Dict]) -> Tuple[Tensor, Tensor]:
+        """Encode all support crops of the batch in one pass; average the K shots per class."""
+        num_classes = {x["support_classes"].numel() for x in batched_inputs}
+        num_shots = {len(x["support_images"]) for x in batched_inputs}
+        if len(num_classes) != 1 or len(num_shots) != 1:
+            raise ValueError(
+                "All episodes of a batch need the same N-way and K-shot; got N in "
+                f"{sorted(num_classes)} and N*K in {sorted(num_shots)}"
+            )
+        num_classes = num_classes.pop()
+        num_shots = num_shots.pop() // num_classes
+        kernels, rois = self.encode_supports(
+            cat([x["support_images"] for x in batched_inputs]),
+            cat([x["support_boxes"] for x in batched_inputs]),
+        )
+        shape = (len(batched_inputs), num_classes, num_shots)
+        return kernels.unflatten(0, shape).mean(2), rois.unflatten(0, shape).mean(2)
+
+    def _losses(
+        self,
+        images: ImageList,
+        features: Dict[str, Tensor],
+        kernels: Tensor,
+        prototypes: Tensor,
+        targets: List[Instances],
+    ) -> Dict[str, Tensor]:
+        num_classes = kernels.shape[1]
+        rpn_targets = [_class_targets(t, n) for t in targets for n in range(num_classes)]
+        proposals, rpn_losses = self.proposal_generator(
+            images, features, kernels, rpn_targets, merge_classes=self.shared_proposals
+        )
+        if not self.shared_proposals:
+            proposals = _group_by_image(proposals, num_classes)
+        roi_losses = self.roi_heads(features, proposals, prototypes, targets)
+        return {**rpn_losses, **roi_losses}
+
+    # ------------------------------------------------------------------ inference
+    def inference(
+        self,
+        batched_inputs: List[Dict],
+        detected_instances: Optional[List[Instances]] = None,
+        do_postprocess: bool = True,
+    ):
+        """Detect the prototypes' classes in a batch of query images."""
+        if detected_instances is not None:
+            raise NotImplementedError("FsodRCNN does not refine given detections")
+        if self.prototypes is None:
+            raise RuntimeError(
+                "FsodRCNN has no class prototypes: call model.set_prototypes("
+                "model.compute_prototypes(...)) or model.load_prototypes(path) first "
+                "(tools/predict.py and the evaluator do this)"
+            )
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        num_images = len(images)
+        kernels = self.prototypes.rpn_kernels[None].expand(num_images, -1, -1)
+        rois = self.prototypes.roi_prototypes[None].expand(num_images, -1, -1, -1, -1)
+        if self.per_class_reference:
+            results = self._detect_per_class(images, features, kernels, rois)
+        else:
+            results = self._detect(images, features, kernels, rois)
+        for r in results:
+            r.pred_classes = self.prototypes.class_ids[r.pred_classes]
+        if do_postprocess:
+            return GeneralizedRCNN._postprocess(results, batched_inputs, images.image_sizes)
+        return results
+
+    def _detect(self, images, features, kernels, rois) -> List[Instances]:
+        num_classes = kernels.shape[1]
+        proposals, _ = self.proposal_generator(
+            images, features, kernels, merge_classes=self.shared_proposals
+        )
+        if not self.shared_proposals:
+            proposals = _group_by_image(proposals, num_classes)
+        return self.roi_heads(features, proposals, rois)
+
+    def _detect_per_class(self, images, features, kernels, rois) -> List[Instances]:
+        """FewX-style reference: each class runs RPN, res5 and relation on its own."""
+        per_class = []
+        for n in range(kernels.shape[1]):
+            results = self._detect(images, features, kernels[:, n : n + 1], rois[:, n : n + 1])
+            for r in results:
+                r.pred_classes = r.pred_classes + n
+            per_class.append(results)
+        merged = []
+        for per_image in zip(*per_class):
+            r = Instances.cat(list(per_image))
+            order = r.scores.argsort(descending=True)[: self.roi_heads.test_detections_per_img]
+            merged.append(r[order])
+        return merged
+
+
+def _episode_targets(instances: Instances, support_classes: Tensor) -> Instances:
+    """Keep the ground truth of the episode's classes; relabel to episode indices 0..N-1."""
+    match = instances.gt_classes[:, None] == support_classes[None, :]
+    keep = match.any(dim=1)
+    out = instances[keep]
+    out.gt_classes = match[keep].float().argmax(dim=1)
+    return out
+
+
+def _class_targets(targets: Instances, n: int) -> Instances:
+    """Ground truth of episode class n alone, relabelled 0 (one class's branch)."""
+    out = targets[targets.gt_classes == n]
+    out.gt_classes = torch.zeros_like(out.gt_classes)
+    return out
+
+
+def _group_by_image(proposals: List[Instances], num_classes: int) -> List[Instances]:
+    """(image, class) proposal sets -> one set per image with a ``proposal_classes`` field."""
+    grouped = []
+    for i in range(0, len(proposals), num_classes):
+        parts = proposals[i : i + num_classes]
+        merged = Instances.cat(parts)
+        merged.proposal_classes = cat(
+            [
+                torch.full((len(p),), n, dtype=torch.long, device=p.proposal_boxes.device)
+                for n, p in enumerate(parts)
+            ]
+        )
+        grouped.append(merged)
+    return grouped
+
+
+__all__ = ["FsodRCNN", "StalePrototypeError"]

@@ -1,0 +1,375 @@
+"""Multi-relation detector head: (query ROI, support class) match scores and box regression.
+
+Everything is expressed over *pairs* ``(roi, class)``:
+
+* ROI features (res5 on the pooled res4 map) are computed once per unique box, however many
+  classes that box is paired with.
+* The three relation branches of Fan et al. score pairs: global (pooled vectors, MLP), local
+  (depth-wise correlation of 1x1-reduced maps) and patch (concatenated maps, conv stack). The
+  first layer of the global and patch branches acts on a concatenation, so it is split into a
+  query part and a support part, computed once per ROI and once per class and added per pair.
+* At test time, ``patch_topk`` keeps, per ROI, only the top-k classes ranked by the cheap
+  global + local score for the expensive patch branch.
+* Box regression is class-agnostic and depends on the ROI alone, so it also runs once per box.
+"""
+
+import logging
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, cat
+from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
+from detectron2.structures import Boxes, Instances, pairwise_iou
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+# pairs scored per chunk by the gather-heavy branches; bounds peak memory
+_PAIR_CHUNK = 1024
+
+
+class MultiRelation(nn.Module):
+    """Global, local and patch relation branches; each returns one match logit per pair."""
+
+    def __init__(
+        self, channels: int, hidden: int, use_global: bool, use_local: bool, use_patch: bool
+    ):
+        super().__init__()
+        if not (use_global or use_local or use_patch):
+            raise ValueError("At least one of MODEL.FSOD.{GLOBAL,LOCAL,PATCH}_RELATION must be on")
+        self.use_global, self.use_local, self.use_patch = use_global, use_local, use_patch
+        if use_global:
+            self.global_q = nn.Linear(channels, hidden)
+            self.global_s = nn.Linear(channels, hidden, bias=False)
+            self.global_mlp = nn.Sequential(
+                nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+            )
+        if use_local:
+            self.local_reduce = nn.Conv2d(channels, hidden, 1)
+            self.local_fc = nn.Linear(hidden, 1)
+        if use_patch:
+            self.patch_q = nn.Conv2d(channels, hidden, 1)
+            self.patch_s = nn.Conv2d(channels, hidden, 1, bias=False)
+            self.patch_convs = nn.Sequential(
+                nn.ReLU(),
+                nn.Conv2d(hidden, hidden, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(hidden, hidden, 1),
+                nn.ReLU(),
+            )
+            self.patch_fc = nn.Linear(hidden, 1)
+
+    @property
+    def has_cheap(self) -> bool:
+        return self.use_global or self.use_local
+
+    def embed(self, x: Tensor) -> Dict[str, Tensor]:
+        """Per-ROI or per-class embeddings used by the pairwise branches; ``x``: (M, C, h, w)."""
+        out = {}
+        if self.use_global:
+            out["global"] = x.mean(dim=(2, 3))
+        if self.use_local:
+            out["local"] = self.local_reduce(x).flatten(2)  # (M, hidden, h*w)
+        if self.use_patch:
+            out["patch"] = x
+        return out
+
+    def cheap_logits(
+        self, q: Dict[str, Tensor], s: Dict[str, Tensor], qi: Tensor, si: Tensor
+    ) -> Tensor:
+        """Global + local logits for the pairs (qi[p], si[p])."""
+        logits = qi.new_zeros(qi.shape[0], dtype=self._dtype)
+        if self.use_global:
+            h = self.global_q(q["global"])[qi] + self.global_s(s["global"])[si]
+            logits = logits + self.global_mlp(h).squeeze(1)
+        if self.use_local:
+            hw = q["local"].shape[-1]
+            corr = _chunked(lambda a, b: (q["local"][a] * s["local"][b]).sum(2) / hw, qi, si)
+            logits = logits + self.local_fc(F.relu(corr)).squeeze(1)
+        return logits
+
+    def patch_logits(
+        self, q: Dict[str, Tensor], s: Dict[str, Tensor], qi: Tensor, si: Tensor
+    ) -> Tensor:
+        """Patch-relation logits for the pairs (qi[p], si[p])."""
+        pq, ps = self.patch_q(q["patch"]), self.patch_s(s["patch"])
+
+        def run(a: Tensor, b: Tensor) -> Tensor:
+            return self.patch_fc(self.patch_convs(pq[a] + ps[b]).mean(dim=(2, 3))).squeeze(1)
+
+        return _chunked(run, qi, si)
+
+    def forward(self, q: Dict[str, Tensor], s: Dict[str, Tensor], qi: Tensor, si: Tensor) -> Tensor:
+        """Sum of all enabled branches for the pairs (qi[p], si[p])."""
+        logits = self.cheap_logits(q, s, qi, si) if self.has_cheap else 0.0
+        if self.use_patch:
+            logits = logits + self.patch_logits(q, s, qi, si)
+        return logits
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+
+def _chunked(fn: Callable[[Tensor, Tensor], Tensor], qi: Tensor, si: Tensor) -> Tensor:
+    if qi.numel() <= _PAIR_CHUNK:
+        return fn(qi, si)
+    return cat([fn(a, b) for a, b in zip(qi.split(_PAIR_CHUNK), si.split(_PAIR_CHUNK))], dim=0)
+
+
+@ROI_HEADS_REGISTRY.register()
+class MultiRelationROIHeads(Res5ROIHeads):
+    """Res5 ROI head whose predictor is the multi-relation detector (see module docstring).
+
+    Reuses detectron2's pooler and res5 block (``_shared_roi_transform``) for both query ROIs
+    and support boxes; replaces the classifier with pairwise match scoring.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        relation: MultiRelation,
+        box_regressor: nn.Linear,
+        box2box_transform: Box2BoxTransform,
+        box_reg_loss_type: str,
+        smooth_l1_beta: float,
+        pairs_per_image: int,
+        pair_sampling_ratio: Sequence[float],
+        patch_topk: int,
+        test_score_thresh: float,
+        test_nms_thresh: float,
+        test_detections_per_img: int,
+        match_loss_weight: float,
+        box_loss_weight: float,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.relation = relation
+        self.box_regressor = box_regressor
+        self.box2box_transform = box2box_transform
+        self.box_reg_loss_type = box_reg_loss_type
+        self.smooth_l1_beta = smooth_l1_beta
+        self.pairs_per_image = pairs_per_image
+        if len(pair_sampling_ratio) != 3 or min(pair_sampling_ratio) < 0:
+            raise ValueError(
+                "MODEL.FSOD.PAIR_SAMPLING_RATIO must be 3 non-negative numbers "
+                f"(positive : background : negative-class), got {pair_sampling_ratio}"
+            )
+        total = float(sum(pair_sampling_ratio))
+        self.pair_fractions = [r / total for r in pair_sampling_ratio]
+        self.patch_topk = patch_topk
+        self.test_score_thresh = test_score_thresh
+        self.test_nms_thresh = test_nms_thresh
+        self.test_detections_per_img = test_detections_per_img
+        self.loss_weights = {"loss_match": match_loss_weight, "loss_box_reg": box_loss_weight}
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        ret = super().from_config(cfg, input_shape)
+        # the classifier of Res5ROIHeads is replaced by the relation module
+        ret.pop("box_predictor")
+        _, out_channels = cls._build_res5_block(cfg)
+        m = cfg.MODEL.FSOD
+        ret["box_predictor"] = None
+        ret["relation"] = MultiRelation(
+            out_channels, m.RELATION_DIM, m.GLOBAL_RELATION, m.LOCAL_RELATION, m.PATCH_RELATION
+        )
+        res5_size = (cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION + 1) // 2  # res5 has stride 2
+        ret["box_regressor"] = nn.Linear(out_channels * res5_size**2, 4)
+        nn.init.normal_(ret["box_regressor"].weight, std=0.001)
+        nn.init.zeros_(ret["box_regressor"].bias)
+        ret["box2box_transform"] = Box2BoxTransform(weights=cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS)
+        ret["box_reg_loss_type"] = cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE
+        ret["smooth_l1_beta"] = cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA
+        ret["pairs_per_image"] = m.PAIRS_PER_IMAGE
+        ret["pair_sampling_ratio"] = list(m.PAIR_SAMPLING_RATIO)
+        ret["patch_topk"] = m.PATCH_TOPK
+        ret["test_score_thresh"] = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
+        ret["test_nms_thresh"] = cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST
+        ret["test_detections_per_img"] = cfg.TEST.DETECTIONS_PER_IMAGE
+        ret["match_loss_weight"] = m.MATCH_LOSS_WEIGHT
+        ret["box_loss_weight"] = m.BOX_LOSS_WEIGHT
+        return ret
+
+    # ------------------------------------------------------------------ supports
+    def encode_supports(self, features: Tensor, boxes: Tensor) -> Tuple[Tensor, Tensor]:
+        """Support crops' backbone map (S, C, H, W) and object boxes (S, 4) ->
+        RPN kernels (S, C) (ROI-pooled map, averaged) and ROI features (S, C5, h, w)."""
+        pooled = self.pooler([features], [Boxes(b[None]) for b in boxes])
+        return pooled.mean(dim=(2, 3)), self.res5(pooled)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        features: Dict[str, Tensor],
+        proposals: List[Instances],
+        prototypes: Tensor,
+        targets: Optional[List[Instances]] = None,
+    ):
+        """
+        Args:
+            features: query backbone features.
+            proposals: per image, ``proposal_boxes`` and optionally ``proposal_classes``
+                (episode class of each box when every class keeps its own proposals; absent
+                means every box is paired with every class).
+            prototypes: (B, N, C5, h, w) ROI-level support features per image and class.
+            targets: training only; per image ``gt_boxes`` and ``gt_classes`` in 0..N-1.
+
+        Returns:
+            training: dict of losses; test: per image Instances with ``pred_classes`` in 0..N-1.
+        """
+        if self.training:
+            return self._forward_train(features, proposals, prototypes, targets)
+        return self._forward_test(features, proposals, prototypes)
+
+    def _roi_embeddings(self, features: Dict[str, Tensor], boxes: List[Boxes]):
+        x = self._shared_roi_transform([features[f] for f in self.in_features], boxes)
+        return x, self.relation.embed(x)
+
+    def _forward_train(self, features, proposals, prototypes, targets):
+        num_classes = prototypes.shape[1]
+        sampled_boxes, pair_boxes, pair_classes, pair_labels = [], [], [], []
+        reg_targets, reg_boxes_idx = [], []
+        offset = 0
+        for b, (props, tgt) in enumerate(zip(proposals, targets)):
+            boxes, ri, ci, labels, matched_gt, fg = self._label_and_sample_pairs(
+                props, tgt, num_classes
+            )
+            # ROI features once per unique sampled box
+            uniq, inverse = torch.unique(ri, return_inverse=True)
+            sampled_boxes.append(Boxes(boxes[uniq]))
+            pair_boxes.append(inverse + offset)
+            pair_classes.append(ci + b * num_classes)
+            pair_labels.append(labels)
+            fg_u = fg[uniq]
+            reg_boxes_idx.append(torch.nonzero(fg_u).squeeze(1) + offset)
+            reg_targets.append(tgt.gt_boxes.tensor[matched_gt[uniq][fg_u]])
+            offset += len(uniq)
+
+        x, q = self._roi_embeddings(features, sampled_boxes)
+        s = self.relation.embed(prototypes.flatten(0, 1))
+        logits = self.relation(q, s, cat(pair_boxes), cat(pair_classes))
+        labels = cat(pair_labels).to(logits.dtype)
+        loss_match = F.binary_cross_entropy_with_logits(logits, labels, reduction="mean")
+
+        fg_idx = cat(reg_boxes_idx)
+        deltas = self.box_regressor(x[fg_idx].flatten(1))
+        proposal_boxes = cat([sb.tensor for sb in sampled_boxes])[fg_idx]
+        fg_mask = torch.ones(1, len(fg_idx), dtype=torch.bool, device=deltas.device)
+        loss_box = _dense_box_regression_loss(
+            [Boxes(proposal_boxes)],
+            self.box2box_transform,
+            [deltas[None]],
+            [cat(reg_targets)],
+            fg_mask,
+            box_reg_loss_type=self.box_reg_loss_type,
+            smooth_l1_beta=self.smooth_l1_beta,
+        ) / max(offset, 1)
+        losses = {"loss_match": loss_match, "loss_box_reg": loss_box}
+        return {k: v * self.loss_weights[k] for k, v in losses.items()}
+
+    @torch.no_grad()
+    def _label_and_sample_pairs(self, props: Instances, tgt: Instances, num_classes: int):
+        """Candidate (box, class) pairs of one image, labelled and sampled by type.
+
+        Candidates: every proposal with its own class (``proposal_classes``) or with all
+        classes, plus every ground-truth box with all classes. Types: positive (IoU >= the
+        ROI_HEADS threshold with a box of that class), background (class present in the image,
+        box does not match it), negative-class (class absent from the image).
+        """
+        device = tgt.gt_boxes.device
+        gt_boxes, gt_classes = tgt.gt_boxes, tgt.gt_classes
+        boxes = cat([props.proposal_boxes.tensor, gt_boxes.tensor])
+        num_props, num_gt = len(props), len(gt_boxes)
+        all_classes = torch.arange(num_classes, device=device)
+        if props.has("proposal_classes"):
+            ri = cat(
+                [
+                    torch.arange(num_props, device=device),
+                    torch.arange(num_props, num_props + num_gt, device=device).repeat_interleave(
+                        num_classes
+                    ),
+                ]
+            )
+            ci = cat([props.proposal_classes, all_classes.repeat(num_gt)])
+        else:
+            ri = torch.arange(len(boxes), device=device).repeat_interleave(num_classes)
+            ci = all_classes.repeat(len(boxes))
+
+        if num_gt:
+            iou, matched = pairwise_iou(Boxes(boxes), gt_boxes).max(dim=1)
+        else:
+            iou = boxes.new_zeros(len(boxes))
+            matched = torch.zeros(len(boxes), dtype=torch.long, device=device)
+        fg = iou >= self.proposal_matcher.thresholds[1]
+        matched_class = gt_classes[matched] if num_gt else torch.full_like(matched, -1)
+        labels = fg[ri] & (matched_class[ri] == ci)
+        present = torch.zeros(num_classes, dtype=torch.bool, device=device)
+        present[gt_classes] = True
+        kinds = [labels, ~labels & present[ci], ~labels & ~present[ci]]
+
+        keep = []
+        for kind, frac in zip(kinds, self.pair_fractions):
+            idx = torch.nonzero(kind).squeeze(1)
+            n = min(len(idx), int(round(self.pairs_per_image * frac)))
+            keep.append(idx[torch.randperm(len(idx), device=device)[:n]])
+        keep = cat(keep)
+        return boxes, ri[keep], ci[keep], labels[keep], matched, fg
+
+    @torch.no_grad()
+    def _forward_test(self, features, proposals, prototypes):
+        num_classes = prototypes.shape[1]
+        boxes = [p.proposal_boxes for p in proposals]
+        x, q = self._roi_embeddings(features, boxes)
+        s = self.relation.embed(prototypes.flatten(0, 1))
+        deltas = self.box_regressor(x.flatten(1))
+        pred_boxes = self.box2box_transform.apply_deltas(deltas, cat([b.tensor for b in boxes]))
+
+        results, offset = [], 0
+        for b, props in enumerate(proposals):
+            n_rois = len(props)
+            ri, ci = self._test_pairs(props, num_classes)
+            ri = ri + offset
+            ci = ci + b * num_classes
+            all_pairs = not props.has("proposal_classes")
+            ri, ci, logits = self._score_pairs(q, s, ri, ci, num_classes, all_pairs)
+            scores = torch.zeros(n_rois, num_classes + 1, dtype=logits.dtype, device=logits.device)
+            scores[ri - offset, ci - b * num_classes] = logits.sigmoid()
+            result, _ = fast_rcnn_inference_single_image(
+                pred_boxes[offset : offset + n_rois],
+                scores,
+                props.image_size,
+                self.test_score_thresh,
+                self.test_nms_thresh,
+                self.test_detections_per_img,
+            )
+            results.append(result)
+            offset += n_rois
+        return results
+
+    @staticmethod
+    def _test_pairs(props: Instances, num_classes: int) -> Tuple[Tensor, Tensor]:
+        device = props.proposal_boxes.device
+        if props.has("proposal_classes"):
+            return torch.arange(len(props), device=device), props.proposal_classes
+        ri = torch.arange(len(props), device=device).repeat_interleave(num_classes)
+        return ri, torch.arange(num_classes, device=device).repeat(len(props))
+
+    def _score_pairs(self, q, s, ri: Tensor, ci: Tensor, num_classes: int, all_pairs: bool):
+        """Score pairs at test time. With ``all_pairs`` (each ROI paired with all classes, in
+        class order), ``patch_topk`` prunes to the top-k classes per ROI by the cheap
+        global + local logit before the patch branch runs."""
+        rel, k = self.relation, self.patch_topk
+        if not (all_pairs and rel.use_patch and rel.has_cheap and 0 < k < num_classes):
+            return ri, ci, rel(q, s, ri, ci)
+        cheap = rel.cheap_logits(q, s, ri, ci).view(-1, num_classes)
+        top = cheap.topk(k, dim=1)
+        rows = torch.arange(cheap.shape[0], device=cheap.device)[:, None]
+        flat = (rows * num_classes + top.indices).reshape(-1)
+        ri, ci = ri[flat], ci[flat]
+        return ri, ci, top.values.reshape(-1) + rel.patch_logits(q, s, ri, ci)

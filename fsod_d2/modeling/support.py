@@ -1,0 +1,139 @@
+"""Class prototypes: what the model keeps of a support set, computed once and reused.
+
+A :class:`PrototypeSet` holds, per class, the attention-RPN kernel (C) and the ROI-level support
+feature (C5 x h x w), both averaged over the K shots. Saved files carry a fingerprint of the
+weights and of the support set, so a file made with other weights or supports is detected on
+load instead of silently used.
+"""
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+_FORMAT_VERSION = 1
+
+
+class StalePrototypeError(RuntimeError):
+    """A prototype file does not match the model weights or support set it is used with."""
+
+
+def _hash_tensors(items: Iterable, h=None) -> "hashlib._Hash":
+    h = h or hashlib.sha1()
+    for name, t in items:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """Hash of every tensor in ``model.state_dict()`` (names, dtypes, shapes and values)."""
+    return _hash_tensors(sorted(model.state_dict().items())).hexdigest()
+
+
+def support_fingerprint(
+    support_images: Tensor, support_boxes: Tensor, class_ids: Tensor, shots_per_class: int
+) -> str:
+    """Hash of a support set: crops, boxes, class ids and K."""
+    h = hashlib.sha1(f"K={shots_per_class}".encode())
+    items = [("images", support_images), ("boxes", support_boxes), ("classes", class_ids)]
+    return _hash_tensors(items, h).hexdigest()
+
+
+@dataclass
+class PrototypeSet:
+    """Per-class support representation consumed by :class:`FsodRCNN` at inference."""
+
+    class_ids: Tensor  # (N,) contiguous dataset class ids, the values of pred_classes
+    rpn_kernels: Tensor  # (N, C) attention-RPN kernels
+    roi_prototypes: Tensor  # (N, C5, h, w) ROI-level support features
+    class_names: List[str] = field(default_factory=list)
+    weights_fingerprint: str = ""
+    support_fingerprint: str = ""
+
+    def __post_init__(self):
+        n = len(self.class_ids)
+        if self.rpn_kernels.shape[0] != n or self.roi_prototypes.shape[0] != n:
+            raise ValueError(
+                f"PrototypeSet: {n} class ids but {self.rpn_kernels.shape[0]} kernels and "
+                f"{self.roi_prototypes.shape[0]} ROI prototypes"
+            )
+        if self.class_names and len(self.class_names) != n:
+            raise ValueError(f"PrototypeSet: {n} class ids but {len(self.class_names)} names")
+
+    def __len__(self) -> int:
+        return len(self.class_ids)
+
+    def to(self, device) -> "PrototypeSet":
+        return PrototypeSet(
+            self.class_ids.to(device),
+            self.rpn_kernels.to(device),
+            self.roi_prototypes.to(device),
+            list(self.class_names),
+            self.weights_fingerprint,
+            self.support_fingerprint,
+        )
+
+    def state(self) -> Dict:
+        return {
+            "format_version": _FORMAT_VERSION,
+            "class_ids": self.class_ids.cpu(),
+            "class_names": list(self.class_names),
+            "rpn_kernels": self.rpn_kernels.cpu(),
+            "roi_prototypes": self.roi_prototypes.cpu(),
+            "weights_fingerprint": self.weights_fingerprint,
+            "support_fingerprint": self.support_fingerprint,
+        }
+
+    def save(self, path: str) -> None:
+        """Write atomically (temp file + rename), so readers never see a partial file."""
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(self.state(), tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        logger.info("Saved %d class prototypes to %s", len(self), path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str,
+        *,
+        weights_fingerprint: Optional[str] = None,
+        support_fingerprint: Optional[str] = None,
+    ) -> "PrototypeSet":
+        """Load a prototype file; raise :class:`StalePrototypeError` if a given fingerprint
+        differs from the stored one (weights changed, or another support set)."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Prototype file {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("format_version") != _FORMAT_VERSION:
+            raise StalePrototypeError(
+                f"{path}: format version {state.get('format_version')} != {_FORMAT_VERSION}; "
+                "recompute the prototypes (tools/predict.py --supports ...)"
+            )
+        checks = (
+            ("weights", weights_fingerprint, state["weights_fingerprint"]),
+            ("support set", support_fingerprint, state["support_fingerprint"]),
+        )
+        for what, expected, stored in checks:
+            if expected is not None and expected != stored:
+                raise StalePrototypeError(
+                    f"{path} was computed with a different {what} ({stored[:12]} != "
+                    f"{expected[:12]}); recompute the prototypes from the support images"
+                )
+        state.pop("format_version")
+        return cls(**state)

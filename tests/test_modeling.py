@@ -1,0 +1,241 @@
+"""FsodRCNN behaviour on the tiny CPU config: shapes, gradients, learning, prototypes, modes."""
+
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+from detectron2.structures import Instances
+from detectron2.utils.events import EventStorage
+
+from fsod_d2.modeling import PrototypeSet
+from fsod_d2.modeling.support import StalePrototypeError
+
+from .common import get_tiny_cfg, synthetic_episode, synthetic_query, synthetic_supports
+
+MODES = {
+    "shared-early": (),
+    "per-class-rois": ("MODEL.FSOD.SHARED_PROPOSALS", False),
+    "late-rpn": ("MODEL.FSOD.RPN_CONDITIONING", "late"),
+    "per-class-loop": ("MODEL.FSOD.PER_CLASS_REFERENCE", True),
+    "patch-only": ("MODEL.FSOD.GLOBAL_RELATION", False, "MODEL.FSOD.LOCAL_RELATION", False),
+}
+
+
+def _model(*opts, seed=0):
+    torch.manual_seed(seed)
+    model = build_model(get_tiny_cfg(*opts))
+    return model
+
+
+def _batch(cfg, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        synthetic_episode(cfg, rng, [0, 1], [1, 2, 0]),
+        synthetic_episode(cfg, rng, [2], [2, 3, 1]),
+    ]
+
+
+def _set_prototypes(model, classes=(0, 1, 2, 3), seed=5):
+    cfg_shots, size = 2, get_tiny_cfg().FSOD.SUPPORT.SIZE
+    images, boxes = synthetic_supports(np.random.default_rng(seed), classes, cfg_shots, size)
+    protos = model.compute_prototypes(
+        images, boxes, [10 + c for c in classes], [f"shape{c}" for c in classes]
+    )
+    model.set_prototypes(protos)
+    return protos, images, boxes
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_losses_finite_and_every_parameter_gets_gradient(mode):
+    model = _model(*MODES[mode])
+    model.train()
+    with EventStorage(0):
+        losses = model(_batch(get_tiny_cfg()))
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_match", "loss_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_inference_outputs(mode):
+    model = _model(*MODES[mode]).eval()
+    protos, _, _ = _set_prototypes(model)
+    image, _ = synthetic_query(np.random.default_rng(1), [0, 2])
+    out = model([{"image": image, "height": 256, "width": 320}, {"image": image}])
+    assert len(out) == 2
+    inst = out[0]["instances"]
+    assert isinstance(inst, Instances) and inst.image_size == (256, 320)
+    assert inst.pred_boxes.tensor.shape == (len(inst), 4)
+    assert inst.scores.shape == (len(inst),) and inst.pred_classes.dtype == torch.long
+    assert set(inst.pred_classes.tolist()) <= set(protos.class_ids.tolist())
+    if len(inst):
+        b = inst.pred_boxes.tensor
+        assert b[:, 0].min() >= 0 and b[:, 2].max() <= 320 and b[:, 3].max() <= 256
+    assert out[1]["instances"].image_size == tuple(image.shape[1:])
+
+
+def test_inference_without_prototypes_raises():
+    model = _model().eval()
+    image, _ = synthetic_query(np.random.default_rng(1), [0])
+    with pytest.raises(RuntimeError, match="prototypes"):
+        model([{"image": image}])
+
+
+def test_overfit_one_episode():
+    model = _model()
+    model.train()
+    batch = _batch(get_tiny_cfg(), seed=3)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 200)
+    history = []
+    torch.manual_seed(0)
+    with EventStorage(0):
+        for _ in range(200):
+            loss = sum(model(batch).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            history.append(loss.item())
+    first, last = history[0], float(np.mean(history[-10:]))
+    assert last * 5 <= first, f"total loss {first:.3f} -> {last:.3f}, less than 5x lower"
+
+
+def test_support_swap_scores_the_right_class():
+    """Train on episodes of 2 shapes; on a query with only class A, A's prototypes must score
+    higher than B's (the score depends on the support, not on the query alone)."""
+    cfg = get_tiny_cfg("FSOD.K_SHOT", 1)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    rng = np.random.default_rng(0)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    with EventStorage(0):
+        for step in range(150):
+            present = [step % 2]
+            batch = [synthetic_episode(cfg, rng, present, [0, 1]) for _ in range(2)]
+            loss = sum(model(batch).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    wins = 0
+    for a in (0, 1):
+        b = 1 - a
+        image, _ = synthetic_query(np.random.default_rng(100 + a), [a])
+        top = {}
+        for cls in (a, b):
+            sup, boxes = synthetic_supports(
+                np.random.default_rng(200 + cls), [cls], 3, cfg.FSOD.SUPPORT.SIZE
+            )
+            model.set_prototypes(model.compute_prototypes(sup, boxes, [cls]))
+            scores = model([{"image": image}])[0]["instances"].scores
+            top[cls] = scores.max().item() if len(scores) else 0.0
+        wins += top[a] > top[b]
+    assert wins == 2, f"support swap failed: scores {top}"
+
+
+def test_prototype_file_round_trip_and_stale_detection(tmp_path):
+    model = _model().eval()
+    protos, images, boxes = _set_prototypes(model)
+    image, _ = synthetic_query(np.random.default_rng(2), [1, 3])
+    before = model([{"image": image}])[0]["instances"]
+    path = str(tmp_path / "protos.pth")
+    protos.save(path)
+
+    fresh = _model().eval()  # same seed -> same weights
+    loaded = fresh.load_prototypes(path, support_fp=protos.support_fingerprint)
+    assert loaded.class_names == protos.class_names
+    assert torch.equal(loaded.class_ids, protos.class_ids)
+    after = fresh([{"image": image}])[0]["instances"]
+    assert torch.equal(before.pred_classes, after.pred_classes)
+    assert torch.allclose(before.scores, after.scores)
+    assert torch.allclose(before.pred_boxes.tensor, after.pred_boxes.tensor)
+
+    other = _model(seed=1).eval()  # different weights
+    with pytest.raises(StalePrototypeError, match="weights"):
+        other.load_prototypes(path)
+    with pytest.raises(StalePrototypeError, match="support set"):
+        fresh.load_prototypes(path, support_fp="0" * 40)
+
+
+def test_batch_of_two_equals_each_alone():
+    model = _model().eval()
+    _set_prototypes(model)
+    rng = np.random.default_rng(4)
+    images = [synthetic_query(rng, c)[0] for c in ([0, 1], [2])]
+    together = model([{"image": im} for im in images])
+    for im, joint in zip(images, together):
+        alone = model([{"image": im}])[0]["instances"]
+        joint = joint["instances"]
+        assert len(alone) == len(joint)
+        assert torch.equal(alone.pred_classes, joint.pred_classes)
+        assert torch.allclose(alone.scores, joint.scores, atol=1e-5)
+        assert torch.allclose(alone.pred_boxes.tensor, joint.pred_boxes.tensor, atol=1e-3)
+
+
+def test_per_class_loop_matches_batched_per_class_rois():
+    """The FewX-style loop is a reference formulation: same weights, same detections."""
+    batched = _model("MODEL.FSOD.SHARED_PROPOSALS", False).eval()
+    loop = _model(
+        "MODEL.FSOD.PER_CLASS_REFERENCE", True, "MODEL.FSOD.SHARED_PROPOSALS", False
+    ).eval()
+    loop.load_state_dict(batched.state_dict())
+    protos, _, _ = _set_prototypes(batched)
+    loop.set_prototypes(protos)
+    image, _ = synthetic_query(np.random.default_rng(6), [0, 3])
+    a = batched([{"image": image}])[0]["instances"]
+    b = loop([{"image": image}])[0]["instances"]
+    assert len(a) == len(b) > 0
+    assert torch.allclose(a.scores, b.scores, atol=1e-5)
+    assert torch.equal(a.pred_classes, b.pred_classes)
+
+
+def test_patch_topk_pruning():
+    """k = N is exactly the unpruned model; k < N keeps a subset of the scored pairs."""
+    full = _model().eval()
+    protos, _, _ = _set_prototypes(full)
+    image, _ = synthetic_query(np.random.default_rng(7), [0, 2])
+    ref = full([{"image": image}])[0]["instances"]
+    for k, exact in ((len(protos), True), (1, False)):
+        pruned = _model("MODEL.FSOD.PATCH_TOPK", k).eval()
+        pruned.load_state_dict(full.state_dict())
+        pruned.set_prototypes(protos)
+        out = pruned([{"image": image}])[0]["instances"]
+        if exact:
+            assert torch.allclose(out.scores, ref.scores, atol=1e-6)
+        else:
+            # each ROI keeps one class, so at most as many detections as ROIs, all valid classes
+            assert set(out.pred_classes.tolist()) <= set(protos.class_ids.tolist())
+
+
+def test_checkpoint_round_trip_has_no_missing_or_unexpected_keys(tmp_path):
+    model = _model()
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model_final")
+    path = str(tmp_path / "model_final.pth")
+    saved = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    fresh = _model(seed=1)
+    incompatible = fresh.load_state_dict(saved, strict=False)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    fresh = _model(seed=1)
+    DetectionCheckpointer(fresh).load(path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, fresh.state_dict()[k]), k
+
+
+def test_prototype_set_validates_shapes():
+    with pytest.raises(ValueError, match="class ids"):
+        PrototypeSet(torch.arange(3), torch.zeros(2, 8), torch.zeros(3, 8, 2, 2))
+
+
+def test_mixed_n_way_batch_is_rejected():
+    model = _model()
+    model.train()
+    cfg = get_tiny_cfg()
+    rng = np.random.default_rng(0)
+    batch = [synthetic_episode(cfg, rng, [0], [0, 1, 2]), synthetic_episode(cfg, rng, [0], [0, 1])]
+    with EventStorage(0), pytest.raises(ValueError, match="N-way"):
+        model(batch)
