@@ -62,11 +62,20 @@ class AttentionRPNHead(StandardRPNHead):
                 deltas.append(self.anchor_deltas(hidden))
             else:
                 hidden = self.conv(x)
-                logits.append(self.objectness_logits((hidden[:, None] * kernels).flatten(0, 1)))
+                logits.append(self._late_objectness(hidden, kernels[..., 0, 0]))
                 # class-agnostic deltas, shared by reference (expand) rather than recomputed
                 d = self.anchor_deltas(hidden)
                 deltas.append(d[:, None].expand(-1, num_classes, -1, -1, -1).flatten(0, 1))
         return logits, deltas
+
+    def _late_objectness(self, hidden: Tensor, kernels: Tensor) -> Tensor:
+        """``objectness_logits(hidden * kernel_n)`` for every class n, computed as one matmul
+        with per-class weights ``W * kernel_n`` instead of materialising N copies of the
+        (C, H, W) hidden map. Returns (B*N, A, H, W)."""
+        layer = self.objectness_logits
+        weight = kernels[:, :, None, :] * layer.weight[:, :, 0, 0]  # (B, N, A, C)
+        out = torch.einsum("bnac,bchw->bnahw", weight, hidden)
+        return (out + layer.bias[:, None, None]).flatten(0, 1)
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()

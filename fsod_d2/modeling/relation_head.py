@@ -92,6 +92,18 @@ class MultiRelation(nn.Module):
             logits = logits + self.local_fc(F.relu(corr)).squeeze(1)
         return logits
 
+    def cheap_logits_dense(self, q: Dict[str, Tensor], s: Dict[str, Tensor]) -> Tensor:
+        """Global + local logits of every (query row, support row) pair: (R, N), no gathers."""
+        logits = 0.0
+        if self.use_global:
+            h = self.global_q(q["global"])[:, None] + self.global_s(s["global"])[None]
+            logits = logits + self.global_mlp(h).squeeze(-1)
+        if self.use_local:
+            hw = q["local"].shape[-1]
+            corr = torch.einsum("rcs,ncs->rnc", q["local"], s["local"]) / hw
+            logits = logits + self.local_fc(F.relu(corr)).squeeze(-1)
+        return logits
+
     def patch_logits(
         self, q: Dict[str, Tensor], s: Dict[str, Tensor], qi: Tensor, si: Tensor
     ) -> Tensor:
@@ -332,16 +344,18 @@ class MultiRelationROIHeads(Res5ROIHeads):
 
         results, offset = [], 0
         for b, props in enumerate(proposals):
-            n_rois = len(props)
-            ri, ci = self._test_pairs(props, num_classes)
-            ri = ri + offset
-            ci = ci + b * num_classes
-            all_pairs = not props.has("proposal_classes")
-            ri, ci, logits = self._score_pairs(q, s, ri, ci, num_classes, all_pairs)
-            scores = torch.zeros(n_rois, num_classes + 1, dtype=logits.dtype, device=logits.device)
-            scores[ri - offset, ci - b * num_classes] = logits.sigmoid()
+            rows = slice(offset, offset + len(props))
+            q_b = {k: v[rows] for k, v in q.items()}
+            s_b = {k: v[b * num_classes : (b + 1) * num_classes] for k, v in s.items()}
+            scores = pred_boxes.new_zeros(len(props), num_classes + 1)  # last: background
+            if props.has("proposal_classes"):  # each ROI scored with its own class only
+                ri = torch.arange(len(props), device=scores.device)
+                ci = props.proposal_classes
+                scores[ri, ci] = self.relation(q_b, s_b, ri, ci).sigmoid()
+            else:
+                scores[:, :num_classes] = self._all_pairs_logits(q_b, s_b).sigmoid()
             result, _ = fast_rcnn_inference_single_image(
-                pred_boxes[offset : offset + n_rois],
+                pred_boxes[rows],
                 scores,
                 props.image_size,
                 self.test_score_thresh,
@@ -349,27 +363,29 @@ class MultiRelationROIHeads(Res5ROIHeads):
                 self.test_detections_per_img,
             )
             results.append(result)
-            offset += n_rois
+            offset += len(props)
         return results
 
-    @staticmethod
-    def _test_pairs(props: Instances, num_classes: int) -> Tuple[Tensor, Tensor]:
-        device = props.proposal_boxes.device
-        if props.has("proposal_classes"):
-            return torch.arange(len(props), device=device), props.proposal_classes
-        ri = torch.arange(len(props), device=device).repeat_interleave(num_classes)
-        return ri, torch.arange(num_classes, device=device).repeat(len(props))
-
-    def _score_pairs(self, q, s, ri: Tensor, ci: Tensor, num_classes: int, all_pairs: bool):
-        """Score pairs at test time. With ``all_pairs`` (each ROI paired with all classes, in
-        class order), ``patch_topk`` prunes to the top-k classes per ROI by the cheap
-        global + local logit before the patch branch runs."""
+    def _all_pairs_logits(self, q: Dict[str, Tensor], s: Dict[str, Tensor]) -> Tensor:
+        """(R, N) logits of every ROI with every class of one image. The cheap branches run
+        densely; with ``patch_topk`` the patch branch only sees each ROI's top-k classes by
+        cheap score, the others get -inf (score 0)."""
         rel, k = self.relation, self.patch_topk
-        if not (all_pairs and rel.use_patch and rel.has_cheap and 0 < k < num_classes):
-            return ri, ci, rel(q, s, ri, ci)
-        cheap = rel.cheap_logits(q, s, ri, ci).view(-1, num_classes)
-        top = cheap.topk(k, dim=1)
-        rows = torch.arange(cheap.shape[0], device=cheap.device)[:, None]
-        flat = (rows * num_classes + top.indices).reshape(-1)
-        ri, ci = ri[flat], ci[flat]
-        return ri, ci, top.values.reshape(-1) + rel.patch_logits(q, s, ri, ci)
+        num_rois, num_classes = len(next(iter(q.values()))), len(next(iter(s.values())))
+        device = next(iter(q.values())).device
+        if rel.has_cheap:
+            logits = rel.cheap_logits_dense(q, s)
+        else:
+            logits = torch.zeros(num_rois, num_classes, device=device)
+        if not rel.use_patch:
+            return logits
+        if rel.has_cheap and 0 < k < num_classes:
+            top = logits.topk(k, dim=1)
+            ri = torch.arange(num_rois, device=device).repeat_interleave(k)
+            ci = top.indices.reshape(-1)
+            pruned = torch.full_like(logits, float("-inf"))
+            pruned[ri, ci] = top.values.reshape(-1) + rel.patch_logits(q, s, ri, ci)
+            return pruned
+        ri = torch.arange(num_rois, device=device).repeat_interleave(num_classes)
+        ci = torch.arange(num_classes, device=device).repeat(num_rois)
+        return logits + rel.patch_logits(q, s, ri, ci).view(num_rois, num_classes)
