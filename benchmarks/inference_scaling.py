@@ -18,6 +18,7 @@ import argparse
 import logging
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -46,36 +47,56 @@ def _prototypes(model, num_classes: int, shots: int, size: int):
 def bench_config(name: str, args) -> dict:
     out = {}
     for conditioning in args.conditioning:
-        cfg = load_cfg(name, "MODEL.DEVICE", args.device,
-                       "MODEL.FSOD.RPN_CONDITIONING", conditioning,
-                       "MODEL.FSOD.PATCH_TOPK", args.patch_topk)
+        cfg = load_cfg(
+            name,
+            "MODEL.DEVICE",
+            args.device,
+            "MODEL.FSOD.RPN_CONDITIONING",
+            conditioning,
+            "MODEL.FSOD.PATCH_TOPK",
+            args.patch_topk,
+        )
         model = build_calibrated_model(cfg)
         reference = build_calibrated_model(
-            load_cfg(name, "MODEL.DEVICE", args.device, "MODEL.FSOD.RPN_CONDITIONING",
-                     conditioning, "MODEL.FSOD.PER_CLASS_REFERENCE", True)
+            load_cfg(
+                name,
+                "MODEL.DEVICE",
+                args.device,
+                "MODEL.FSOD.RPN_CONDITIONING",
+                conditioning,
+                "MODEL.FSOD.PER_CLASS_REFERENCE",
+                True,
+            )
         )
         reference.load_state_dict(model.state_dict())  # same weights, calibration included
         size = cfg.FSOD.SUPPORT.SIZE
         query = [{"image": query_image(cfg.INPUT.MIN_SIZE_TEST)}]
-        res = {"classes": {}, "shots": {}, "query_hw": list(query[0]["image"].shape[1:]),
-               "support_size": size, "patch_topk": args.patch_topk}
+        res = {
+            "classes": {},
+            "shots": {},
+            "query_hw": list(query[0]["image"].shape[1:]),
+            "support_size": size,
+            "patch_topk": args.patch_topk,
+        }
         with torch.no_grad():
             for n in args.classes:
                 protos, _ = _prototypes(model, n, 1, size)
                 model.set_prototypes(protos)
                 reference.set_prototypes(protos)
-                row = {"batched": timed(lambda: model(query), args.repeats)}
+                row = {"batched": timed(partial(model, query), args.repeats)}
                 if n <= args.reference_max_classes:
                     reps = 1 if n >= 20 else args.repeats
-                    row["per_class_loop"] = timed(lambda: reference(query), reps, warmup=0)
+                    row["per_class_loop"] = timed(partial(reference, query), reps, warmup=0)
                     row["speedup"] = row["per_class_loop"] / row["batched"]
                 res["classes"][n] = row
                 logger.info("%s %s N=%d %s", name, conditioning, n, row)
             for k in args.shots:
                 protos, proto_s = _prototypes(model, args.shots_classes, k, size)
                 model.set_prototypes(protos)
-                res["shots"][k] = {"batched": timed(lambda: model(query), args.repeats),
-                                   "prototype_seconds_once": proto_s}
+                res["shots"][k] = {
+                    "batched": timed(partial(model, query), args.repeats),
+                    "prototype_seconds_once": proto_s,
+                }
                 logger.info("%s %s K=%d %s", name, conditioning, k, res["shots"][k])
         c, s = res["classes"], res["shots"]
         lo, hi = min(c), max(c)
@@ -101,16 +122,30 @@ def plot(results: dict, path: Path) -> None:
         ax_c, ax_k = axes[2 * i], axes[2 * i + 1]
         for cond, res in results["configs"][name].items():
             ns = sorted(res["classes"], key=int)
-            ax_c.plot(ns, [res["classes"][n]["batched"] for n in ns], "o-",
-                      label=f"batched ({cond} RPN)")
+            ax_c.plot(
+                ns, [res["classes"][n]["batched"] for n in ns], "o-", label=f"batched ({cond} RPN)"
+            )
             ref = [n for n in ns if "per_class_loop" in res["classes"][n]]
-            ax_c.plot(ref, [res["classes"][n]["per_class_loop"] for n in ref], "s--",
-                      label=f"per-class loop ({cond} RPN)")
+            ax_c.plot(
+                ref,
+                [res["classes"][n]["per_class_loop"] for n in ref],
+                "s--",
+                label=f"per-class loop ({cond} RPN)",
+            )
             ks = sorted(res["shots"], key=int)
-            ax_k.plot(ks, [res["shots"][k]["batched"] for k in ks], "o-",
-                      label=f"batched ({cond} RPN), cached prototypes")
-        ax_c.set(xscale="log", yscale="log", xlabel="classes", ylabel="s / image",
-                 title=f"{name}: cost vs classes")
+            ax_k.plot(
+                ks,
+                [res["shots"][k]["batched"] for k in ks],
+                "o-",
+                label=f"batched ({cond} RPN), cached prototypes",
+            )
+        ax_c.set(
+            xscale="log",
+            yscale="log",
+            xlabel="classes",
+            ylabel="s / image",
+            title=f"{name}: cost vs classes",
+        )
         ax_k.set(xlabel="K shots", ylabel="s / image", title=f"{name}: cost vs K", ylim=(0, None))
         ax_c.legend(fontsize=8)
         ax_k.legend(fontsize=8)
@@ -140,10 +175,16 @@ def main(argv=None) -> dict:
     for name, per_cond in results["configs"].items():
         for cond, res in per_cond.items():
             logger.info(
-                "%s %s-RPN: t(%d cls)/t(%d cls) = %.2f (loop: %s); t(K=%d)/t(K=%d) = %.3f", name,
-                cond, max(res["classes"]), min(res["classes"]), res["ratio_max_over_1_class"],
+                "%s %s-RPN: t(%d cls)/t(%d cls) = %.2f (loop: %s); t(K=%d)/t(K=%d) = %.3f",
+                name,
+                cond,
+                max(res["classes"]),
+                min(res["classes"]),
+                res["ratio_max_over_1_class"],
                 f"{res.get('reference_ratio_max_over_1_class', float('nan')):.2f}",
-                max(res["shots"]), min(res["shots"]), res["ratio_K_max_over_K_min"],
+                max(res["shots"]),
+                min(res["shots"]),
+                res["ratio_K_max_over_K_min"],
             )
     return results
 
