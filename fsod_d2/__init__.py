@@ -14,7 +14,9 @@ except ImportError as e:  # pragma: no cover - exercised by tests with detectron
         " (set DETECTRON2_SRC=/path/to/clone for a local copy). Original error: " + str(e)
     ) from e
 
-from . import data, evaluation, modeling  # noqa: F401,E402  (registers components)
+# evaluation is imported where used: detectron2.evaluation needs the compiled detectron2._C,
+# while the model and data (everything that registers) run on detectron2's Python sources alone.
+from . import data, modeling  # noqa: F401,E402  (registers components)
 from .config import add_fsod_config  # noqa: E402
 
 __all__ = ["add_fsod_config"]
