@@ -117,6 +117,28 @@ def timed(fn, repeats: int, warmup: int = 1, min_seconds: float = 1.0, max_runs:
     return float(np.median(times))
 
 
+def timed_interleaved(
+    fns: dict, repeats: int, warmup: int = 1, min_seconds: float = 1.0, max_runs: int = 50
+) -> dict:
+    """Median wall seconds of each callable in ``fns``, timed in alternation (one run of each per
+    round) so that load from other processes hits every variant alike. Same stopping rule as
+    :func:`timed`, applied to the slowest variant."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    while True:
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+        rounds = len(next(iter(times.values())))
+        spent = max(sum(v) for v in times.values())
+        if rounds >= repeats and (spent >= min_seconds or rounds >= max_runs):
+            break
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
 def machine_info() -> dict:
     info = {
         "platform": platform.platform(),
