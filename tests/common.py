@@ -117,3 +117,61 @@ def synthetic_episode(cfg, rng, present, episode_classes):
         "support_boxes": sup_boxes,
         "support_classes": torch.tensor(list(episode_classes), dtype=torch.long),
     }
+
+
+# ------------------------------------------------------------- tiny COCO datasets (data tests)
+def make_coco_dataset(
+    root,
+    *,
+    num_images: int = 24,
+    category_ids=(3, 7, 11, 20, 31, 42),
+    image_size=(64, 80),
+    max_objects: int = 3,
+    seed: int = 0,
+    extra_annotations=(),
+):
+    """Write a tiny COCO dataset (coloured rectangles, non-contiguous category ids) to ``root``.
+
+    Each image has 1..max_objects boxes (side >= 12 px) of distinct classes; class
+    ``category_ids[i]`` is drawn in colour i. ``extra_annotations`` (dicts without "id") are
+    appended as-is. Returns ``(json_path, image_root, coco_dict)``.
+    """
+    import json
+    import os
+
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    h, w = image_size
+    image_root = os.path.join(str(root), "images")
+    os.makedirs(image_root, exist_ok=True)
+    names = [f"class{c}" for c in category_ids]
+    images, annotations = [], []
+    for i in range(num_images):
+        img = np.full((h, w, 3), 128, dtype=np.uint8)
+        n = int(rng.integers(1, max_objects + 1))
+        for ci in rng.choice(len(category_ids), size=n, replace=False):
+            bw, bh = int(rng.integers(12, w // 2)), int(rng.integers(12, h // 2))
+            x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            color = [int(v) for v in np.random.default_rng(int(ci)).integers(0, 255, 3)]
+            cv2.rectangle(img, (x0, y0), (x0 + bw - 1, y0 + bh - 1), color, -1)
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": 100 + i,
+                 "category_id": int(category_ids[ci]), "bbox": [x0, y0, bw, bh],
+                 "area": bw * bh, "iscrowd": 0}
+            )  # fmt: skip
+        file_name = f"{i:04d}.png"
+        cv2.imwrite(os.path.join(image_root, file_name), img)
+        images.append({"id": 100 + i, "file_name": file_name, "height": h, "width": w})
+    for extra in extra_annotations:
+        annotations.append(dict(extra, id=len(annotations) + 1))
+    coco = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": c, "name": n} for c, n in zip(category_ids, names)],
+    }
+    json_path = os.path.join(str(root), "instances.json")
+    with open(json_path, "w") as f:
+        json.dump(coco, f)
+    return json_path, image_root, coco

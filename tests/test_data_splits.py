@@ -1,0 +1,97 @@
+"""Seeded K-shot split generation (library and tools/prepare_fewshot_splits.py)."""
+
+import hashlib
+import importlib.util
+import json
+import os
+from collections import Counter
+
+import pytest
+
+from fsod_d2.data.datasets.builtin import builtin_kshot_json
+from fsod_d2.data.splits import resolve_classes, sample_kshot
+
+from .common import REPO_ROOT, make_coco_dataset
+from .test_data_registration import _write_voc
+
+
+def _tool():
+    path = REPO_ROOT / "tools" / "prepare_fewshot_splits.py"
+    spec = importlib.util.spec_from_file_location("prepare_fewshot_splits", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    return make_coco_dataset(tmp_path_factory.mktemp("splits"), num_images=40, max_objects=4)
+
+
+def test_kshot_exact_counts_and_whole_images(coco):
+    _, _, data = coco
+    for k in (1, 3, 5):
+        out = sample_kshot(data, k, seed=0)
+        per_class = Counter(a["category_id"] for a in out["annotations"])
+        assert set(per_class.values()) == {k}, per_class
+        assert out["categories"] == sorted(data["categories"], key=lambda c: c["id"])
+        assert {im["id"] for im in out["images"]} == {a["image_id"] for a in out["annotations"]}
+        # TFA property: a kept image has *all* its instances of the class it was drawn for
+        full = Counter((a["image_id"], a["category_id"]) for a in data["annotations"])
+        kept = Counter((a["image_id"], a["category_id"]) for a in out["annotations"])
+        assert all(full[key] == n for key, n in kept.items())
+    assert sample_kshot(data, 3, 0) == sample_kshot(data, 3, 0)
+    assert sample_kshot(data, 3, 0) != sample_kshot(data, 3, 1)
+    # a class's draw does not depend on the other classes sampled
+    one = sample_kshot(data, 3, 0, class_ids=[7])
+    both = sample_kshot(data, 3, 0)
+    assert one["annotations"] == [a for a in both["annotations"] if a["category_id"] == 7]
+
+
+def test_resolve_classes_errors():
+    cats = [{"id": 1, "name": "cat"}, {"id": 5, "name": "dog"}]
+    assert resolve_classes("dog, 1", cats) == [1, 5]
+    with pytest.raises(ValueError, match=r"Unknown classes \['cow', 9\].*cat, dog"):
+        resolve_classes(["cow", 9], cats, source="x.json")
+    with pytest.raises(ValueError, match="twice"):
+        resolve_classes(["cat", 1], cats)
+
+
+def test_tool_json_mode_byte_identical(coco, tmp_path):
+    json_path, _, _ = coco
+    tool = _tool()
+
+    def run(out):
+        return tool.main([
+            "json", "--input", json_path, "--output-dir", str(out), "--prefix", "tiny",
+            "--shots", "1", "5", "--seeds", "0", "1", "--classes", "class3,class7,11",
+        ])  # fmt: skip
+
+    first, second = run(tmp_path / "a"), run(tmp_path / "b")
+    assert [os.path.basename(p) for p in first] == [
+        "tiny_1shot_seed0.json", "tiny_5shot_seed0.json",
+        "tiny_1shot_seed1.json", "tiny_5shot_seed1.json",
+    ]  # fmt: skip
+    digest = [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in first]
+    assert digest == [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in second]
+    assert digest[0] != digest[2]  # seeds differ
+    with open(first[1]) as f:
+        out = json.load(f)
+    assert Counter(a["category_id"] for a in out["annotations"]) == {3: 5, 7: 5, 11: 5}
+    assert out["info"]["fsod_d2_kshot"]["seed"] == 0
+
+
+def test_tool_voc_protocol(tmp_path):
+    for year, ids in (("VOC2007", ["000005", "000007"]), ("VOC2012", ["2008_000008"])):
+        voc = tmp_path / year
+        for i, fileid in enumerate(ids):
+            _write_voc(voc, fileid, [("cow", 0, (1, 1, 20, 30)), ("bird", i % 2, (5, 5, 40, 40))])
+        (voc / "ImageSets" / "Main").mkdir(parents=True)
+        (voc / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(ids) + "\n")
+    written = _tool().main(["voc", "--root", str(tmp_path), "--shots", "2", "--seeds", "3"])
+    path = builtin_kshot_json("voc", 2, 3, str(tmp_path))
+    assert path in written and os.path.isfile(path)
+    with open(path) as f:
+        out = json.load(f)
+    counts = Counter(a["category_id"] for a in out["annotations"])
+    assert counts == {10: 2, 3: 2}  # cow: 2 of 3; bird: the 2 non-difficult instances
