@@ -65,7 +65,7 @@ def _add_episode_config(cfg: CN) -> None:
     f.SUPPORT.CONTEXT = 16  # pixels of context around each support box
     f.SUPPORT.MIN_BOX_SIZE = 8  # boxes with a side shorter than this never become supports
     f.SUPPORT.CACHE_DIR = ""  # support-crop cache; "" -> OUTPUT_DIR/support_cache
-    # Encoding of cached crops: "jpg" (quality 95; ~10x smaller, for COCO-sized pools) or "png"
+    # Encoding of cached crops: "jpg" (quality 95; ~5x smaller, for COCO-sized pools) or "png"
     # (lossless: cached crops equal crop_support() exactly).
     f.SUPPORT.CACHE_FORMAT = "jpg"
 

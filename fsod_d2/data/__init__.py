@@ -1,6 +1,28 @@
 """Data: few-shot datasets, splits, support pool, episodic mapper, toy data."""
 
 from . import datasets  # noqa: F401  (registers the builtin few-shot datasets)
+from .build import (
+    EpisodeDataset,
+    EpisodeSampler,
+    EpisodicTrainLoader,
+    build_episodic_train_loader,
+    episode_seed,
+)
 from .datasets import register_fewshot_coco, register_fewshot_voc, register_from_config
+from .episodic_mapper import EpisodicDatasetMapper
+from .support_pool import SupportPool, build_support_set, crop_support
 
-__all__ = ["register_fewshot_coco", "register_fewshot_voc", "register_from_config"]
+__all__ = [
+    "EpisodeDataset",
+    "EpisodeSampler",
+    "EpisodicDatasetMapper",
+    "EpisodicTrainLoader",
+    "SupportPool",
+    "build_episodic_train_loader",
+    "build_support_set",
+    "crop_support",
+    "episode_seed",
+    "register_fewshot_coco",
+    "register_fewshot_voc",
+    "register_from_config",
+]

@@ -1,0 +1,565 @@
+"""Support crops: the cropping function, the cached per-dataset pool, the evaluation support set.
+
+A support crop is the object box plus ``context`` pixels on each side (clipped to the image),
+resized so that its longer side is ``size`` (aspect ratio kept) and zero-padded at the
+bottom/right to ``size x size``; the object box is returned in crop coordinates.
+
+:class:`SupportPool` crops every usable annotation of one or more registered datasets once and
+caches the crops on disk (``FSOD.SUPPORT.CACHE_DIR``, default ``OUTPUT_DIR/support_cache``)::
+
+    <cache>/<dataset>-<key>/meta.json    parameters, fingerprint, counts, unreadable images
+                           /index.npz    per crop: class, image, boxes, byte offset/length
+                           /crops.bin    the encoded crops (content only; padding is added on read)
+
+``<key>`` hashes the parameters (size, context, min box size, encoding) and the annotations
+themselves (file names, image ids, boxes, classes), so any change makes a new cache. The local
+rank 0 process builds it in a temporary directory that is renamed into place (atomic), while the
+other ranks wait at a barrier; so the pool must be built by every rank when distributed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import check_image_size, read_image
+from detectron2.structures import BoxMode
+from detectron2.utils import comm
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SupportPool", "build_support_set", "convert_bgr", "crop_support"]
+
+# Bump when the cache layout or the cropping changes: old caches are then ignored.
+_CACHE_VERSION = 1
+_JPEG_QUALITY = 95
+_MAX_LOGGED_BAD_IMAGES = 10  # bad images logged one by one; the rest only in the summary
+
+
+def _crop_content(
+    image: np.ndarray, box_xyxy: Sequence[float], size: int, context: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The resized crop without padding (longer side == ``size``) and the box in it."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    x0, x1 = min(max(x0, 0.0), w), min(max(x1, 0.0), w)
+    y0, y1 = min(max(y0, 0.0), h), min(max(y1, 0.0), h)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"box {list(box_xyxy)} has no area inside the {w}x{h} image")
+    cx0, cy0 = max(math.floor(x0 - context), 0), max(math.floor(y0 - context), 0)
+    cx1, cy1 = min(math.ceil(x1 + context), w), min(math.ceil(y1 + context), h)
+    region = image[cy0:cy1, cx0:cx1]
+    rh, rw = region.shape[:2]
+    scale = size / max(rh, rw)
+    nh, nw = max(1, min(size, round(rh * scale))), max(1, min(size, round(rw * scale)))
+    # INTER_AREA when shrinking avoids aliasing; INTER_LINEAR when enlarging.
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    content = cv2.resize(region, (nw, nh), interpolation=interp)
+    if image.ndim == 3 and content.ndim == 2:  # cv2 drops a single channel axis
+        content = content[:, :, None]
+    sx, sy = nw / rw, nh / rh
+    box = np.array(
+        [(x0 - cx0) * sx, (y0 - cy0) * sy, (x1 - cx0) * sx, (y1 - cy0) * sy], dtype=np.float32
+    )
+    box[0::2] = box[0::2].clip(0, nw)
+    box[1::2] = box[1::2].clip(0, nh)
+    return content, box
+
+
+def crop_support(
+    image: np.ndarray, box_xyxy: Sequence[float], size: int, context: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop one support example.
+
+    Args:
+        image: HWC uint8 image (any channel order; it is kept).
+        box_xyxy: object box in image pixels (XYXY, absolute); clipped to the image.
+        size: side of the square output.
+        context: pixels added on every side of the box before cropping (clipped to the image).
+
+    Returns:
+        ``(crop, box)``: the ``(size, size, C)`` uint8 crop, content at the top-left and zeros
+        elsewhere, and the object box (float32 XYXY) in crop pixels.
+
+    Raises:
+        ValueError: if the box has no area inside the image.
+    """
+    content, box = _crop_content(image, box_xyxy, size, context)
+    crop = np.zeros((size, size) + image.shape[2:], dtype=np.uint8)
+    crop[: content.shape[0], : content.shape[1]] = content
+    return crop, box
+
+
+def convert_bgr(image: np.ndarray, image_format: str) -> np.ndarray:
+    """Convert a BGR HWC/NHWC image to ``image_format`` ("BGR" or "RGB")."""
+    if image_format == "BGR":
+        return image
+    if image_format == "RGB":
+        return np.ascontiguousarray(image[..., ::-1])
+    raise ValueError(f"support crops support INPUT.FORMAT 'BGR' or 'RGB', not {image_format!r}")
+
+
+def _usable_boxes(record: dict[str, Any], min_box_size: float) -> list[tuple[int, np.ndarray]]:
+    """(annotation index, clipped XYXY box) of the non-crowd annotations usable as supports."""
+    out = []
+    w, h = record.get("width"), record.get("height")
+    for i, ann in enumerate(record.get("annotations", [])):
+        if ann.get("iscrowd", 0):
+            continue
+        box = np.array(BoxMode.convert(ann["bbox"], ann["bbox_mode"], BoxMode.XYXY_ABS), "float64")
+        if w and h:
+            box[0::2] = box[0::2].clip(0, w)
+            box[1::2] = box[1::2].clip(0, h)
+        if min(box[2] - box[0], box[3] - box[1]) >= max(min_box_size, 1e-6):
+            out.append((i, box))
+    return out
+
+
+class _CropJob(Dataset):
+    """Crops of one image per item (run in DataLoader workers while building the cache)."""
+
+    def __init__(self, records, size, context, min_box_size, encoding):
+        self.records, self.size, self.context = records, size, context
+        self.min_box_size, self.encoding = min_box_size, encoding
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        r = self.records[i]
+        try:
+            image = read_image(r["file_name"], format="BGR")
+            check_image_size(dict(r), image)
+        except Exception as e:  # unreadable/missing/mismatched: reported, never fatal
+            return i, f"{type(e).__name__}: {e}", []
+        params = [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY] if self.encoding == "jpg" else []
+        crops = []
+        for ann_idx, box in _usable_boxes(r, self.min_box_size):
+            content, crop_box = _crop_content(image, box, self.size, self.context)
+            nh, nw = content.shape[:2]
+            ok, buf = cv2.imencode("." + self.encoding, content, params)
+            if not ok:
+                return i, f"could not encode a crop as {self.encoding}", []
+            cid = r["annotations"][ann_idx]["category_id"]
+            crops.append((cid, box.astype(np.float32), crop_box, (nh, nw), buf.tobytes()))
+        return i, None, crops
+
+
+def _fingerprint(records: Sequence[dict[str, Any]]) -> str:
+    h = hashlib.sha1()
+    for r in records:
+        anns = [
+            (a["category_id"], [round(float(v), 2) for v in a["bbox"]], int(a["bbox_mode"]),
+             int(a.get("iscrowd", 0)))
+            for a in r.get("annotations", [])
+        ]  # fmt: skip
+        h.update(json.dumps([r["file_name"], str(r.get("image_id")), anns]).encode())
+    return h.hexdigest()
+
+
+def _identity(x):
+    return x
+
+
+class SupportPool:
+    """Every usable annotation of one or more registered datasets, as a cached support crop.
+
+    Usable: not crowd, box (clipped to the image) with both sides >= ``min_box_size``. Crops are
+    stored in BGR. Sampling is deterministic given a ``np.random.Generator``.
+
+    Args:
+        dataset_names: registered dataset(s); all must share the same ``thing_classes``.
+        size, context, min_box_size: cropping parameters (``FSOD.SUPPORT.*``).
+        cache_root: directory under which the cache of this pool lives.
+        encoding: "jpg" or "png" (``FSOD.SUPPORT.CACHE_FORMAT``).
+        strict_shots: a class with fewer than K available crops is an error instead of being
+            sampled with replacement (and one warning).
+        num_workers: processes used to build the cache.
+        dataset_dicts: the datasets' dicts if already loaded (avoids loading them twice).
+    """
+
+    def __init__(
+        self,
+        dataset_names: str | Sequence[str],
+        *,
+        size: int,
+        context: int,
+        min_box_size: float,
+        cache_root: str,
+        encoding: str = "jpg",
+        strict_shots: bool = False,
+        num_workers: int = 0,
+        dataset_dicts: list[dict] | None = None,
+    ):
+        self.dataset_names = (
+            (dataset_names,) if isinstance(dataset_names, str) else tuple(dataset_names)
+        )
+        if encoding not in ("jpg", "png"):
+            raise ValueError(f"FSOD.SUPPORT.CACHE_FORMAT must be 'jpg' or 'png', not {encoding!r}")
+        if size < 1 or context < 0:
+            raise ValueError(f"bad support size/context: {size}/{context}")
+        self.size, self.context, self.min_box_size = int(size), int(context), float(min_box_size)
+        self.encoding, self.strict_shots = encoding, bool(strict_shots)
+        self.thing_classes = _common_thing_classes(self.dataset_names)
+        if dataset_dicts is None:
+            dataset_dicts = [d for n in self.dataset_names for d in DatasetCatalog.get(n)]
+        params = {
+            "version": _CACHE_VERSION,
+            "datasets": list(self.dataset_names),
+            "size": self.size,
+            "context": self.context,
+            "min_box_size": self.min_box_size,
+            "encoding": self.encoding,
+        }
+        # Only images with a usable box matter: the key does not change when, e.g., the loader
+        # filters images without annotations before handing the dicts over.
+        records = [r for r in dataset_dicts if _usable_boxes(r, self.min_box_size)]
+        key = hashlib.sha1(
+            (json.dumps(params, sort_keys=True) + _fingerprint(records)).encode()
+        ).hexdigest()[:16]
+        safe = "+".join(self.dataset_names).replace(os.sep, "_")[:100]
+        self.cache_dir = os.path.join(cache_root, f"{safe}-{key}")
+
+        if comm.get_local_rank() == 0 and not os.path.isfile(self._path("meta.json")):
+            self._build(records, params, num_workers)
+        comm.synchronize()  # the other ranks wait for the local rank 0 to finish the cache
+        if not os.path.isfile(self._path("meta.json")):
+            raise RuntimeError(
+                f"Support cache {self.cache_dir} missing after the local rank 0 built it; is "
+                "FSOD.SUPPORT.CACHE_DIR (or OUTPUT_DIR) on a file system all ranks of a node see?"
+            )
+        self._load()
+        self._warned: set[int] = set()
+        self._fd: int | None = None
+        self._fd_pid: int | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: CfgNode,
+        dataset_names: str | Sequence[str],
+        dataset_dicts: list[dict] | None = None,
+    ) -> SupportPool:
+        """The pool of ``dataset_names`` with ``cfg.FSOD.SUPPORT`` parameters."""
+        s = cfg.FSOD.SUPPORT
+        return cls(
+            dataset_names,
+            size=s.SIZE,
+            context=s.CONTEXT,
+            min_box_size=s.MIN_BOX_SIZE,
+            cache_root=s.CACHE_DIR or os.path.join(cfg.OUTPUT_DIR, "support_cache"),
+            encoding=s.CACHE_FORMAT,
+            strict_shots=cfg.FSOD.STRICT_SHOTS,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            dataset_dicts=dataset_dicts,
+        )
+
+    # ------------------------------------------------------------------ cache build / load
+    def _path(self, name: str) -> str:
+        return os.path.join(self.cache_dir, name)
+
+    def _build(self, records: list[dict], params: dict[str, Any], num_workers: int) -> None:
+        logger.info(
+            "Building the support cache %s: %d images with usable boxes (%s)",
+            self.cache_dir,
+            len(records),
+            ", ".join(f"{k}={v}" for k, v in params.items() if k != "datasets"),
+        )
+        tmp = f"{self.cache_dir}.tmp-{uuid.uuid4().hex[:8]}"
+        os.makedirs(tmp)
+        try:
+            loader = DataLoader(
+                _CropJob(records, self.size, self.context, self.min_box_size, self.encoding),
+                batch_size=None,
+                num_workers=num_workers,
+                collate_fn=_identity,
+            )
+            cols: dict[str, list] = {k: [] for k in ("cls", "img", "src", "box", "hw", "off")}
+            lengths, bad, offset = [], [], 0
+            image_keys: list[str] = []
+            progress = tqdm(loader, total=len(records), desc="support crops")
+            with open(os.path.join(tmp, "crops.bin"), "wb") as f, logging_redirect_tqdm():
+                for i, error, crops in progress:
+                    r = records[i]
+                    if error is not None:
+                        bad.append({"file_name": r["file_name"], "error": error})
+                        if len(bad) <= _MAX_LOGGED_BAD_IMAGES:
+                            logger.warning("Support pool: skipping %s (%s)", r["file_name"], error)
+                        continue
+                    image_keys.append(str(r["image_id"]))
+                    for cid, src, box, hw, data in crops:
+                        f.write(data)
+                        cols["cls"].append(cid)
+                        cols["img"].append(len(image_keys) - 1)
+                        cols["src"].append(src)
+                        cols["box"].append(box)
+                        cols["hw"].append(hw)
+                        cols["off"].append(offset)
+                        lengths.append(len(data))
+                        offset += len(data)
+            n = len(lengths)
+            np.savez(
+                os.path.join(tmp, "index.npz"),
+                class_ids=np.asarray(cols["cls"], dtype=np.int64),
+                image_index=np.asarray(cols["img"], dtype=np.int64),
+                image_keys=np.asarray(image_keys, dtype=str),
+                src_boxes=np.asarray(cols["src"], dtype=np.float32).reshape(n, 4),
+                boxes=np.asarray(cols["box"], dtype=np.float32).reshape(n, 4),
+                shapes=np.asarray(cols["hw"], dtype=np.int32).reshape(n, 2),
+                offsets=np.asarray(cols["off"], dtype=np.int64),
+                lengths=np.asarray(lengths, dtype=np.int64),
+            )
+            counts = np.bincount(np.asarray(cols["cls"], dtype=np.int64), minlength=0).tolist()
+            meta = dict(params, crops=n, bytes=offset, bad_images=bad, class_counts=counts)
+            with open(os.path.join(tmp, "meta.json"), "w") as f:  # written last
+                json.dump(meta, f, indent=1)
+            try:
+                os.replace(tmp, self.cache_dir)  # atomic; fails if another process won the race
+            except OSError:
+                if not os.path.isfile(self._path("meta.json")):
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if bad:
+            logger.warning(
+                "Support pool: %d unreadable/missing images skipped (%d crops from %d images); "
+                "list in %s",
+                len(bad),
+                n,
+                len(image_keys),
+                self._path("meta.json"),
+            )
+        logger.info("Support cache ready: %d crops, %.1f MB", n, offset / 2**20)
+
+    def _load(self) -> None:
+        with open(self._path("meta.json")) as f:
+            self.meta = json.load(f)
+        idx = np.load(self._path("index.npz"))
+        self.class_of = idx["class_ids"]
+        self.image_index = idx["image_index"]
+        self.image_keys = idx["image_keys"].tolist()
+        self.src_boxes = idx["src_boxes"]
+        self.boxes = idx["boxes"]
+        self.shapes = idx["shapes"]
+        self.offsets = idx["offsets"]
+        self.lengths = idx["lengths"]
+        self._image_code = {k: i for i, k in enumerate(self.image_keys)}
+        order = np.argsort(self.class_of, kind="stable")
+        classes, starts = np.unique(self.class_of[order], return_index=True)
+        self._by_class = {
+            int(c): order[s:e] for c, s, e in zip(classes, starts, list(starts[1:]) + [len(order)])
+        }
+        # Worst case over query images: crops left once the richest image is excluded.
+        self._min_available = {}
+        for c, members in self._by_class.items():
+            per_image = np.bincount(self.image_index[members])
+            self._min_available[c] = int(len(members) - per_image.max())
+        self.bad_images = [b["file_name"] for b in self.meta.get("bad_images", [])]
+
+    def __getstate__(self):  # the file descriptor is per process
+        state = dict(self.__dict__)
+        state["_fd"], state["_fd_pid"] = None, None
+        return state
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None and self._fd_pid == os.getpid():
+            os.close(self._fd)
+
+    # ------------------------------------------------------------------ queries
+    def __len__(self) -> int:
+        return len(self.class_of)
+
+    @property
+    def class_ids(self) -> list[int]:
+        """Contiguous ids of the classes that have at least one support crop."""
+        return sorted(self._by_class)
+
+    def num_instances(self, class_id: int) -> int:
+        """Crops of a class."""
+        members = self._by_class.get(int(class_id))
+        return 0 if members is None else len(members)
+
+    def available(self, class_id: int, exclude_image_id: Any = None) -> np.ndarray:
+        """Indices of the crops of ``class_id``, without those of ``exclude_image_id``."""
+        members = self._by_class.get(int(class_id))
+        if members is None:
+            return np.zeros(0, dtype=np.int64)
+        if exclude_image_id is None:
+            return members
+        code = self._image_code.get(str(exclude_image_id))
+        if code is None:
+            return members
+        return members[self.image_index[members] != code]
+
+    def check_shots(self, k: int, class_ids: Sequence[int] | None = None) -> None:
+        """Warn once per class (error if strict) that may have fewer than ``k`` crops for some
+        query (all crops minus those of the class's richest image)."""
+        short = []
+        for c in self.class_ids if class_ids is None else class_ids:
+            avail = self._min_available.get(int(c), 0)
+            if avail < k:
+                short.append((int(c), self.num_instances(c), avail))
+        if not short:
+            return
+        desc = ", ".join(f"'{self.thing_classes[c]}' ({n} crops, {a})" for c, n, a in short)
+        if self.strict_shots:
+            raise ValueError(
+                f"FSOD.STRICT_SHOTS: fewer than K={k} support crops available for: {desc} "
+                "(crops, crops outside the class's richest image)."
+            )
+        for c, _, _ in short:
+            self._warned.add(c)
+        logger.warning(
+            "Fewer than K=%d support crops for %d classes; they are sampled with replacement: %s",
+            k,
+            len(short),
+            desc,
+        )
+
+    def sample_k_shot(
+        self,
+        class_id: int,
+        k: int,
+        rng: np.random.Generator,
+        exclude_image_id: Any = None,
+    ) -> np.ndarray:
+        """Indices of ``k`` crops of ``class_id`` not from ``exclude_image_id``.
+
+        Without replacement when possible; otherwise with replacement and one warning per
+        class (``ValueError`` if ``strict_shots``). ``ValueError`` if no crop is available.
+        """
+        avail = self.available(class_id, exclude_image_id)
+        if len(avail) >= k:
+            return avail[rng.choice(len(avail), size=k, replace=False)]
+        name = self.thing_classes[int(class_id)] if class_id < len(self.thing_classes) else ""
+        if len(avail) == 0:
+            raise ValueError(
+                f"no support crop of class {class_id} '{name}' outside image {exclude_image_id}"
+            )
+        if self.strict_shots:
+            raise ValueError(
+                f"FSOD.STRICT_SHOTS: class {class_id} '{name}' has {len(avail)} < K={k} crops"
+            )
+        if int(class_id) not in self._warned:
+            self._warned.add(int(class_id))
+            logger.warning(
+                "Class %d '%s' has %d < K=%d support crops; sampling with replacement.",
+                class_id,
+                name,
+                len(avail),
+                k,
+            )
+        return avail[rng.choice(len(avail), size=k, replace=True)]
+
+    def _read_bytes(self, i: int) -> bytes:
+        if self._fd is None or self._fd_pid != os.getpid():
+            self._fd = os.open(self._path("crops.bin"), os.O_RDONLY)
+            self._fd_pid = os.getpid()
+        return os.pread(self._fd, int(self.lengths[i]), int(self.offsets[i]))
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Crop ``i`` as ``(uint8 (S, S, 3) BGR, float32 (4,) XYXY box in crop pixels)``."""
+        data = np.frombuffer(self._read_bytes(i), dtype=np.uint8)
+        content = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        if content is None:
+            raise OSError(f"support cache {self.cache_dir} is corrupt (crop {i}); delete it")
+        crop = np.zeros((self.size, self.size, 3), dtype=np.uint8)
+        h, w = content.shape[:2]
+        crop[:h, :w] = content
+        return crop, self.boxes[i].copy()
+
+    def load_many(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Crops ``(len, S, S, 3)`` BGR and boxes ``(len, 4)``."""
+        crops, boxes = zip(*(self.load(int(i)) for i in indices))
+        return np.stack(crops), np.stack(boxes)
+
+    def image_key(self, i: int) -> str:
+        """``str(image_id)`` of the image crop ``i`` comes from."""
+        return self.image_keys[int(self.image_index[i])]
+
+    def get_k_shot(
+        self, class_id: int, k: int, rng: np.random.Generator, exclude_image_id: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``k`` crops of a class (see :meth:`sample_k_shot`): ``(k, S, S, 3)`` BGR, ``(k, 4)``."""
+        return self.load_many(self.sample_k_shot(class_id, k, rng, exclude_image_id))
+
+
+def _common_thing_classes(names: Sequence[str]) -> list[str]:
+    classes = None
+    for n in names:
+        tc = MetadataCatalog.get(n).get("thing_classes")
+        if tc is None:
+            raise ValueError(f"dataset '{n}' has no thing_classes metadata; is it registered?")
+        if classes is not None and list(tc) != classes:
+            raise ValueError(f"datasets {list(names)} have different thing_classes")
+        classes = list(tc)
+    return classes
+
+
+def build_support_set(
+    cfg: CfgNode,
+    dataset_name: str,
+    k: int,
+    seed: int,
+    *,
+    class_ids: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """The seeded K-shot evaluation support set of a registered dataset.
+
+    Each class draws from its own stream ``(seed, class id)``, so the shots of a class do not
+    depend on which other classes are included. Collective when distributed (builds the pool).
+
+    Args:
+        cfg: provides ``FSOD.SUPPORT`` and ``INPUT.FORMAT``.
+        dataset_name: registered dataset whose annotations provide the supports.
+        k: shots per class.
+        seed: the draw's seed.
+        class_ids: contiguous class ids (default: every class with a support in the dataset).
+
+    Returns:
+        ``(images, boxes, class_ids, class_names)``: uint8 ``(C*K, 3, S, S)`` in
+        ``cfg.INPUT.FORMAT`` channel order, float32 ``(C*K, 4)`` XYXY crop boxes, long ``(C,)``
+        contiguous ids, and their names; class-major (the K shots of class 0 first).
+    """
+    pool = SupportPool.from_config(cfg, dataset_name)
+    classes = pool.class_ids if class_ids is None else [int(c) for c in class_ids]
+    missing = [c for c in classes if pool.num_instances(c) == 0]
+    if missing:
+        raise ValueError(f"classes {missing} have no support crop in dataset '{dataset_name}'")
+    if not classes:
+        raise ValueError(f"dataset '{dataset_name}' has no usable support annotation")
+    pool.check_shots(k, classes)
+    crops, boxes = [], []
+    for c in classes:
+        imgs, bxs = pool.get_k_shot(c, k, np.random.default_rng([int(seed), c]))
+        crops.append(imgs)
+        boxes.append(bxs)
+    images = convert_bgr(np.concatenate(crops), cfg.INPUT.FORMAT)
+    images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    names = [pool.thing_classes[c] for c in classes]
+    logger.info(
+        "Support set of '%s': %d classes x %d shots (seed %d)", dataset_name, len(classes), k, seed
+    )
+    return (
+        images,
+        torch.from_numpy(np.concatenate(boxes)),
+        torch.tensor(classes, dtype=torch.long),
+        names,
+    )
