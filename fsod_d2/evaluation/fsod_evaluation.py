@@ -1,0 +1,119 @@
+"""COCO-style few-shot evaluation: AP, AP50, AP75, APs/m/l overall and for base / novel classes.
+
+Built on detectron2's :class:`COCOEvaluator` (which gathers the predictions of all processes on
+the main one, so it is correct when distributed). The extra numbers are read from the same
+``COCOeval`` accumulation, restricted to a set of categories exactly as ``COCOeval.summarize``
+averages (the mean over IoU thresholds, recall points and categories of the valid precisions).
+"""
+
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils.logger import create_small_table
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FsodCOCOEvaluator", "summarize_categories"]
+
+# (metric, IoU threshold index or None for the mean over 0.50:0.95, area range index)
+# in the order of COCOeval.summarize; area ranges: all, small, medium, large.
+_METRICS = (
+    ("AP", None, 0),
+    ("AP50", 0, 0),
+    ("AP75", 5, 0),
+    ("APs", None, 1),
+    ("APm", None, 2),
+    ("APl", None, 3),
+)
+
+
+def summarize_categories(coco_eval, category_ids: Sequence[int]) -> Dict[str, float]:
+    """AP, AP50, AP75, APs, APm, APl (in %, NaN if undefined) over ``category_ids`` (dataset
+    ids), from an accumulated ``COCOeval``; equal to ``summarize()`` with ``params.catIds``
+    set to them."""
+    precision = coco_eval.eval["precision"]  # (iou, recall, category, area, max dets)
+    cat_ids = list(coco_eval.params.catIds)
+    index = [cat_ids.index(c) for c in category_ids if c in cat_ids]
+    out = {}
+    for name, iou, area in _METRICS:
+        p = precision[:, :, index, area, -1]
+        if iou is not None:
+            p = p[iou]
+        p = p[p > -1]
+        out[name] = float(np.mean(p) * 100) if p.size else float("nan")
+    return out
+
+
+class FsodCOCOEvaluator(COCOEvaluator):
+    """:class:`COCOEvaluator` with base/novel results: ``AP``... over the evaluated classes,
+    ``bAP``, ``bAP50``, ... over base classes and ``nAP``, ``nAP50``, ... over novel classes.
+
+    The evaluated classes are ``class_ids`` (contiguous; set by the trainer to the classes
+    that have prototypes), default every class of the dataset; classes with ground truth but
+    no prototype would otherwise count as AP 0. Base/novel come from the dataset metadata
+    (``base_ids``/``novel_ids``, contiguous; see :func:`fsod_d2.data.register_fewshot_coco`).
+    A group with no ground truth in the dataset reports NaN.
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        tasks=("bbox",),
+        distributed: bool = True,
+        output_dir: Optional[str] = None,
+        *,
+        class_ids: Optional[Sequence[int]] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            dataset_name, tasks, distributed, output_dir, kwargs: see :class:`COCOEvaluator`
+                (FsodRCNN predicts boxes only, hence ``tasks=("bbox",)``).
+            class_ids: contiguous ids of the evaluated classes (default: all).
+        """
+        super().__init__(dataset_name, tasks, distributed, output_dir, **kwargs)
+        self.dataset_name = dataset_name
+        self.class_ids = None if class_ids is None else [int(c) for c in class_ids]
+
+    def _dataset_ids(self, contiguous: Sequence[int]) -> List[int]:
+        id_map = self._metadata.get("thing_dataset_id_to_contiguous_id")
+        if id_map is None:  # detectron2 then uses contiguous ids as COCO ids
+            return [int(c) for c in contiguous]
+        reverse = {v: k for k, v in id_map.items()}
+        return [reverse[int(c)] for c in contiguous if int(c) in reverse]
+
+    def category_groups(self) -> Dict[str, List[int]]:
+        """Prefix -> contiguous class ids: "" (evaluated), "b" (base), "n" (novel)."""
+        meta = self._metadata
+        evaluated = (
+            list(range(len(meta.thing_classes))) if self.class_ids is None else self.class_ids
+        )
+        groups = {"": evaluated}
+        for prefix, key in (("b", "base_ids"), ("n", "novel_ids")):
+            ids = meta.get(key)
+            if ids is None:
+                continue
+            groups[prefix] = [c for c in evaluated if c in set(ids)]
+        return groups
+
+    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
+        results = super()._derive_coco_results(coco_eval, iou_type, class_names)
+        if coco_eval is None or iou_type != "bbox":
+            if iou_type == "bbox":  # no predictions at all: every group is NaN
+                for prefix in ("b", "n"):
+                    results.update({prefix + m: float("nan") for m, _, _ in _METRICS})
+            return results
+        extra = {}
+        for prefix, ids in self.category_groups().items():
+            for name, value in summarize_categories(coco_eval, self._dataset_ids(ids)).items():
+                extra[prefix + name] = value
+        results.update(extra)  # "" group: AP... over the evaluated classes only
+        logger.info(
+            "Few-shot results (%s, %s): \n%s",
+            self.dataset_name,
+            iou_type,
+            create_small_table({k: v for k, v in extra.items() if k[:1] in "bn"}),
+        )
+        return results
