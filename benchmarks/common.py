@@ -4,8 +4,11 @@ import json
 import logging
 import os
 import platform
+import resource
+import threading
 import time
 from pathlib import Path
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -103,16 +106,25 @@ def support_set(num_classes: int, shots: int, size: int, seed: int = 0):
     return images, boxes
 
 
+def sync(device=None) -> None:
+    """Wait for queued CUDA work (a no-op on CPU), so that host clocks measure the work."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        if device is None or torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+
+
 def timed(fn, repeats: int, warmup: int = 1, min_seconds: float = 1.0, max_runs: int = 50) -> float:
     """Median wall seconds of ``fn()`` after ``warmup`` runs: at least ``repeats`` runs, more
     (up to ``max_runs``) until ``min_seconds`` have been spent, so that fast cases are not at the
     mercy of one scheduling hiccup on a shared machine."""
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     while len(times) < repeats or (sum(times) < min_seconds and len(times) < max_runs):
         t = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t)
     return float(np.median(times))
 
@@ -147,8 +159,16 @@ def machine_info() -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu_model"] = next(ln.split(":", 1)[1].strip() for ln in f if "model name" in ln)
+    except (OSError, StopIteration):
+        pass
+    if hasattr(os, "getloadavg"):
+        info["loadavg_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
     return info
 
 
@@ -156,6 +176,158 @@ def save_json(name: str, payload: dict, out_dir=None) -> Path:
     out = Path(out_dir or os.environ.get("FSOD_BENCH_OUT", RESULTS))
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2))
+    tmp = path.with_suffix(".json.tmp")  # atomic: a run killed mid-write keeps the last file
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
     logger.info("wrote %s", path)
     return path
+
+
+# ---------------------------------------------------------------- training episodes and steps
+def train_episode(cfg, index: int = 0, *, query_size: Optional[int] = None, seed: int = 0) -> Dict:
+    """One synthetic training episode in FsodRCNN's input format, at the config's sizes.
+
+    Query: a photo (landscape, ~3:2) with shorter side ``query_size`` (default: the largest
+    ``INPUT.MIN_SIZE_TRAIN``), 1-2 random boxes for each of the first
+    ``min(FSOD.MAX_POSITIVE_CLASSES, N)`` episode classes; the other classes are negatives.
+    Supports: ``FSOD.N_WAY * FSOD.K_SHOT`` photo crops of ``FSOD.SUPPORT.SIZE`` (class-major).
+    Deterministic in ``(seed, index)``.
+    """
+    from detectron2.structures import Boxes, Instances
+
+    n_way, k_shot, size = cfg.FSOD.N_WAY, cfg.FSOD.K_SHOT, cfg.FSOD.SUPPORT.SIZE
+    query_size = query_size or max(cfg.INPUT.MIN_SIZE_TRAIN)
+    rng = np.random.default_rng([seed, index])
+    image = query_image(query_size, 1 + index % 3)  # photos 1-3 are ~3:2 landscapes
+    h, w = image.shape[1:]
+    boxes, classes = [], []
+    for c in range(min(cfg.FSOD.MAX_POSITIVE_CLASSES, n_way)):
+        for _ in range(int(rng.integers(1, 3))):
+            bw, bh = rng.uniform(0.15, 0.5) * w, rng.uniform(0.15, 0.5) * h
+            x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+            boxes.append([x0, y0, x0 + bw, y0 + bh])
+            classes.append(c)
+    instances = Instances(
+        (h, w),
+        gt_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)),
+        gt_classes=torch.tensor(classes, dtype=torch.long),
+    )
+    support_images, support_boxes = support_set(n_way, k_shot, size, seed=seed * 100_003 + index)
+    return {
+        "image": image,
+        "height": h,
+        "width": w,
+        "instances": instances,
+        "support_images": support_images,
+        "support_boxes": support_boxes,
+        "support_classes": torch.arange(n_way),
+    }
+
+
+class TrainStep:
+    """One training iteration as detectron2's trainers run it: forward (in an EventStorage),
+    sum of losses, backward, SGD step with detectron2's parameter groups, momentum and weight
+    decay (``detectron2.solver.build_optimizer``, minus its LR schedule).
+
+    Args:
+        cfg: the model's config (SOLVER.*); the learning rate is ``lr``: the arithmetic of a
+            step does not depend on it, and a tiny one keeps random weights sane.
+        amp: autocast, float16 + GradScaler as detectron2's AMPTrainer (or bfloat16) on CUDA;
+            on CPU bfloat16, a functional check only.
+        fast: the two changes the CPU profile points to (benchmarks/README.md): the model in
+            channels-last memory format (oneDNN/cuDNN convolutions without layout reorders) and
+            a fused SGD (one kernel over all parameters instead of a Python loop over tensors).
+    """
+
+    def __init__(
+        self,
+        model,
+        cfg,
+        *,
+        lr: float = 1e-5,
+        amp: bool = False,
+        amp_dtype: str = "fp16",
+        fast: bool = False,
+    ):
+        from detectron2.solver import get_default_optimizer_params
+        from detectron2.utils.events import EventStorage
+
+        self.model = model
+        module = getattr(model, "module", model)
+        self.device = module.device
+        if fast:
+            module.to(memory_format=torch.channels_last)
+        params = get_default_optimizer_params(
+            module, base_lr=lr, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM
+        )
+        self.optimizer = torch.optim.SGD(
+            params,
+            lr=lr,
+            momentum=cfg.SOLVER.MOMENTUM,
+            nesterov=cfg.SOLVER.NESTEROV,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+            **({"fused": True} if fast else {}),
+        )
+        self.amp = amp
+        fp16 = amp_dtype == "fp16" and self.device.type == "cuda"
+        self.amp_dtype = torch.float16 if fp16 else torch.bfloat16
+        use_scaler = amp and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.storage = EventStorage(0)
+        self.last_losses: Dict[str, float] = {}
+
+    def __call__(self, batch: List[Dict]) -> None:
+        from torch.profiler import record_function  # phases named for profiles
+
+        with record_function("step.forward"), self.storage:
+            with torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp):
+                losses = self.model(batch)
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        with record_function("step.backward"):
+            self.scaler.scale(total).backward()
+        with record_function("step.optimizer"):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.storage.iter += 1
+        self.last_losses = {k: float(v.detach()) for k, v in losses.items()}
+        sync(self.device)
+
+
+# ---------------------------------------------------------------- memory
+def rss_mb() -> float:
+    """Resident set size of this process now, MiB."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def max_rss_mb() -> float:
+    """Peak resident set size of this process over its lifetime, MiB (Linux: ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class PeakRSS:
+    """Highest RSS of this process while the ``with`` block runs, sampled every ``interval``
+    seconds by a thread. Freed memory that the allocator keeps stays counted, so read it as
+    an upper bound of what the block itself needed on top of ``start_mb``."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval = interval
+        self.start_mb = self.peak_mb = 0.0
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_mb = max(self.peak_mb, rss_mb())
+
+    def __enter__(self) -> "PeakRSS":
+        self.start_mb = self.peak_mb = rss_mb()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, rss_mb())
