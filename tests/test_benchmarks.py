@@ -1,0 +1,96 @@
+"""Smoke tests of the training benchmarks on the tiny CPU config: they run, and their JSON has the
+fields the README and plots read. No timing assertions (the CI machine is shared)."""
+
+import argparse
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from benchmarks import profile_train_step, train_throughput
+
+
+@pytest.fixture(scope="module")
+def throughput(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    args = ["--quick", "--out-dir", str(out), "--isolate", "never", "--procs", "1", "2"]
+    # one sweep point per dimension, all equal to the headline: exercises the plot, no extra run
+    args += ["--sweeps", "tiny", "--sweep-ways", "5", "--sweep-shots", "3", "--sweep-sizes", "64"]
+    results = train_throughput.main(args)
+    return out, results
+
+
+def test_throughput_json_fields(throughput):
+    out, results = throughput
+    saved = json.loads((out / "train_throughput.json").read_text())
+    assert saved["cases"] == json.loads(json.dumps(results["cases"]))
+    assert {"machine", "args", "cases", "sweeps", "total_seconds"} <= set(saved)
+    assert not saved.get("failed") and not saved.get("skipped")
+    head, ddp = saved["cases"]
+    assert (head["config"], head["n_way"], head["k_shot"], head["procs"]) == ("tiny", 5, 3, 1)
+    assert set(head["modes"]) == {"batched", "per_class", "batched_fast"}
+    assert head["same_weights"] is True
+    assert head["per_class_over_batched"] > 0 and head["fast_speedup"] > 0
+    assert head["images_per_episode"] == 1 + 5 * 3 and head["iters"] == 2
+    for case in (head, ddp):
+        for v in case["modes"].values():
+            assert len(v["step_s_all"]) == 2 and v["step_s"] > 0
+            expected = case["episodes_per_step"] * case["images_per_episode"] / v["step_s"]
+            assert v["images_per_s"] == pytest.approx(expected)
+            assert v["episodes_per_min"] == pytest.approx(
+                60 * case["episodes_per_step"] / v["step_s"]
+            )
+            assert v["peak_memory_mb"] > 0 and v["memory_kind"] == "rss_step_peak"
+            assert set(v["losses"]) == {
+                "loss_rpn_cls",
+                "loss_rpn_loc",
+                "loss_match",
+                "loss_box_reg",
+            }
+    assert ddp["procs"] == 2 and ddp["episodes_per_step"] == 2
+    assert len(ddp["proc_max_rss_mb"]) == 2 and ddp["threads_per_proc"] >= 1
+    sweeps = saved["sweeps"]["tiny"]
+    assert [p["x"] for p in sweeps["n_way"]] == [5] and sweeps["k_shot"][0]["case"] == 0
+
+
+def test_throughput_plot(throughput):
+    out, _ = throughput
+    png = out / "train_throughput.png"
+    assert png.is_file() and png.stat().st_size > 1000
+
+
+def test_plan_is_a_star_around_the_headline():
+    args = argparse.Namespace(
+        configs=["tiny"], ways_shots=["5x3", "5x4"], support_sizes=[320, 384],
+        rpn=["early", "late"], procs=[1, 2], ims_per_batch=[1], amp="off",
+        reference="headline", fast="compare",
+        sweeps=["tiny"], sweep_ways=[1, 5], sweep_shots=[3], sweep_sizes=[384],
+    )  # fmt: skip
+    cases, sweeps = train_throughput.plan(args)
+    head = cases[0]
+    assert (head.n_way, head.k_shot, head.support_size, head.rpn) == (5, 3, 384, "early")
+    assert head.modes == ("batched", "per_class", "batched_fast")
+    labels = [c.label() for c in cases]
+    assert len(labels) == len(set(labels)) == 4 + 1 + 1 + 1  # N,K x S; late RPN; 2 procs; 1-way
+    assert sweeps["tiny"]["n_way"][1] == head.key()
+
+
+def test_profile_train_step(tmp_path):
+    result = profile_train_step.main(
+        ["--config", "tiny", "--steps", "1", "--warmup", "0", "--out-dir", str(tmp_path)]
+    )
+    parts = {r["part"] for r in result["parts"]}
+    assert {"step.forward", "step.backward", "backbone (query)", "roi: res5"} <= parts
+    assert result["top_ops"] and (tmp_path / "profile_train_step_tiny.json").is_file()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_check_script_parses():
+    subprocess.run(["bash", "-n", "benchmarks/gpu_check.sh"], check=True, cwd=_repo())
+
+
+def _repo():
+    from benchmarks.common import REPO
+
+    return REPO
