@@ -408,12 +408,18 @@ class SupportPool:
             return members
         return members[self.image_index[members] != code]
 
-    def check_shots(self, k: int, class_ids: Sequence[int] | None = None) -> None:
-        """Warn once per class (error if strict) that may have fewer than ``k`` crops for some
-        query (all crops minus those of the class's richest image)."""
+    def check_shots(
+        self, k: int, class_ids: Sequence[int] | None = None, *, for_queries: bool = True
+    ) -> None:
+        """Warn once per class (error if strict) that may have fewer than ``k`` crops: for some
+        training query (``for_queries``: all crops minus those of the class's richest image),
+        or at all (evaluation support sets, which exclude no image)."""
         short = []
         for c in self.class_ids if class_ids is None else class_ids:
-            avail = self._min_available.get(int(c), 0)
+            if for_queries:
+                avail = self._min_available.get(int(c), 0)
+            else:
+                avail = self.num_instances(c)
             if avail < k:
                 short.append((int(c), self.num_instances(c), avail))
         if not short:
@@ -545,7 +551,7 @@ def build_support_set(
         raise ValueError(f"classes {missing} have no support crop in dataset '{dataset_name}'")
     if not classes:
         raise ValueError(f"dataset '{dataset_name}' has no usable support annotation")
-    pool.check_shots(k, classes)
+    pool.check_shots(k, classes, for_queries=False)
     crops, boxes = [], []
     for c in classes:
         imgs, bxs = pool.get_k_shot(c, k, np.random.default_rng([int(seed), c]))
