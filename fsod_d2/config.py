@@ -85,3 +85,8 @@ def _add_episode_config(cfg: CN) -> None:
 def _add_engine_config(cfg: CN) -> None:
     e = cfg.FSOD.ENGINE = CN()
     e.LOG_GPU_STATS_PERIOD = 20  # iterations between GPU utilisation / memory records
+    # "SGD" (detectron2's, SOLVER.MOMENTUM/NESTEROV) or "AdamW" (betas below; SOLVER.BASE_LR,
+    # WEIGHT_DECAY and the bias/norm factors apply as for SGD). AdamW trains the tiny CPU
+    # models from scratch much faster (demo); the paper setting uses SGD.
+    e.OPTIMIZER = "SGD"
+    e.ADAMW_BETAS = (0.9, 0.999)  # AdamW only

@@ -1,0 +1,355 @@
+"""FsodTrainer: detectron2's DefaultTrainer with episodic data, few-shot evaluation and hooks.
+
+What differs from :class:`DefaultTrainer`:
+
+* training batches come from :func:`fsod_d2.data.build_episodic_train_loader`, whose episode
+  stream continues exactly where it stopped after ``resume_or_load(resume=True)``;
+* with ``cfg.SEED >= 0`` torch's RNG is re-seeded from (SEED, iteration, rank) before every
+  forward pass in training, so a resumed run samples the same anchors/ROI pairs as an
+  uninterrupted one (and ends with the same weights);
+* :meth:`FsodTrainer.test` computes the class prototypes once from the seeded K-shot support
+  set (``cfg.FSOD.TEST``), then runs detectron2's ``inference_on_dataset`` with
+  :class:`FsodCOCOEvaluator` (AP and bAP/nAP);
+* multi-process training works on CPU (GLOO) and ``SOLVER.AMP.ENABLED`` works on CPU
+  (bfloat16 autocast) as well as on GPUs;
+* hooks record episodes/min, images/s and per-GPU memory/utilisation, and an out-of-memory
+  error in a step is re-raised with the settings that drive memory use.
+"""
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import weakref
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
+from detectron2.engine import defaults as d2_defaults
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils import comm
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import add_fsod_config
+from ..data import build_episodic_train_loader, build_support_set, register_from_config
+from ..evaluation import FsodCOCOEvaluator
+from ..modeling.support import PrototypeSet, StalePrototypeError, support_fingerprint
+from .hooks import GPUStatsHook, ThroughputHook, explain_oom
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DatasetNotFoundError",
+    "FsodAMPTrainer",
+    "FsodTrainer",
+    "check_datasets",
+    "setup_cfg",
+    "unwrap_model",
+]
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The FsodRCNN inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+# ---------------------------------------------------------------------------- config / datasets
+def setup_cfg(config_file: str = "", opts: Optional[List[str]] = None) -> CfgNode:
+    """detectron2 cfg + fsod keys, merged with ``config_file`` and ``opts``; datasets declared
+    in ``FSOD.REGISTER`` registered. Without CUDA, a ``cuda`` MODEL.DEVICE falls back to CPU.
+    Returns the frozen cfg (call detectron2's ``default_setup`` on it for logging/output)."""
+    cfg = add_fsod_config(get_cfg())
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts or []))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    register_from_config(cfg)
+    cfg.freeze()
+    return cfg
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset the config uses is not registered or its files are not on disk."""
+
+
+def _dataset_help(name: str, missing: str) -> str:
+    root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+    lines = [f"Dataset '{name}' is not available: {missing}."]
+    if name.startswith("fsod_coco"):
+        lines += [
+            f"Put COCO under $DETECTRON2_DATASETS (now {root!r}): {root}/coco/"
+            "{train2017,val2017,annotations} for the 2017 protocol (and {train2014,val2014} "
+            "for the 2014/TFA protocol),",
+            "then prepare the seeded K-shot split files: "
+            "python tools/prepare_fewshot_splits.py coco17   (or coco14),",
+        ]
+    elif name.startswith("fsod_voc"):
+        lines += [
+            f"Put VOC2007 and VOC2012 under $DETECTRON2_DATASETS (now {root!r}): "
+            f"{root}/VOC2007, {root}/VOC2012,",
+            "then prepare the seeded K-shot split files: "
+            "python tools/prepare_fewshot_splits.py voc,",
+        ]
+    elif name.startswith("fsod_toy"):
+        lines += ["Generate the toy dataset: python tools/make_toy_dataset.py (or make toy),"]
+    lines += [
+        "see datasets/README.md for the expected layout.",
+        "To try fsod-d2 without downloading anything: make demo (toy data, CPU, ~10 minutes), or "
+        "python tools/train_net.py --config-file configs/demo/fsod_toy_base.yaml",
+    ]
+    return "\n".join(lines)
+
+
+def check_datasets(cfg: CfgNode) -> None:
+    """Fail at once, with instructions, if a dataset of ``cfg`` (train, test, evaluation
+    supports) is not registered or its annotation file / image folder is missing."""
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    if cfg.FSOD.TEST.SUPPORT_DATASET:
+        names.append(cfg.FSOD.TEST.SUPPORT_DATASET)
+    for name in dict.fromkeys(names):
+        if name not in DatasetCatalog:
+            raise DatasetNotFoundError(_dataset_help(name, "no dataset of this name is registered"))
+        meta = MetadataCatalog.get(name)
+        paths = [
+            (what, meta.get(key))
+            for what, key in (
+                ("annotation file", "json_file"),
+                ("annotation file", "source_json_file"),
+                ("image folder", "image_root"),
+                ("VOC folder", "dirname"),
+            )
+            if meta.get(key)
+        ]
+        for what, path in paths:
+            if not os.path.exists(path):
+                raise DatasetNotFoundError(_dataset_help(name, f"its {what} {path} does not exist"))
+
+
+# ---------------------------------------------------------------------------- trainers
+class FsodAMPTrainer(AMPTrainer):
+    """:class:`AMPTrainer` that also runs on CPU: bfloat16 autocast there (which needs no
+    loss scaling); on CUDA it is detectron2's float16 AMP with a GradScaler."""
+
+    def run_step(self):
+        if next(self.model.parameters()).device.type == "cuda":
+            return super().run_step()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return SimpleTrainer.run_step(self)
+
+
+@contextlib.contextmanager
+def _cpu_ddp_support(device: str) -> Iterator[None]:
+    """detectron2's ``create_ddp_model`` always passes ``device_ids=[local_rank]``, which
+    DistributedDataParallel rejects for CPU modules; on CPU, pass ``device_ids=None``."""
+    if comm.get_world_size() == 1 or torch.device(device).type != "cpu":
+        yield
+        return
+    original = d2_defaults.create_ddp_model
+    d2_defaults.create_ddp_model = functools.partial(original, device_ids=None)
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
+class _StepSeeder:
+    """Forward pre-hook: in training mode, seed torch's RNG from (seed, iteration, rank), so
+    the random sampling of a step (anchors, ROI pairs) does not depend on the run's history."""
+
+    def __init__(self, trainer_ref, seed: int):
+        self.trainer_ref, self.seed = trainer_ref, int(seed)
+
+    def __call__(self, module, args):
+        trainer = self.trainer_ref()
+        if trainer is not None and module.training:
+            state = np.random.SeedSequence([self.seed, trainer.iter, comm.get_rank()])
+            torch.manual_seed(int(state.generate_state(1)[0]))
+
+
+class FsodTrainer(DefaultTrainer):
+    """DefaultTrainer for FsodRCNN: episodic loader, few-shot evaluation, throughput and GPU
+    hooks, explained OOM errors, CPU multi-process and AMP. See the module docstring."""
+
+    def __init__(self, cfg: CfgNode):
+        with _cpu_ddp_support(cfg.MODEL.DEVICE):
+            super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED:  # detectron2's AMPTrainer asserts CUDA
+            t = self._trainer
+            self._trainer = FsodAMPTrainer(t.model, t.data_loader, t.optimizer)
+        if cfg.SEED >= 0:
+            # Seed right before the forward pass, after the batch was fetched: the loader
+            # draws from torch's RNG when its first batch is loaded, which a resumed run does
+            # at another iteration than an unbroken one.
+            unwrap_model(self.model).register_forward_pre_hook(
+                _StepSeeder(weakref.ref(self), cfg.SEED)
+            )
+
+    # ------------------------------------------------------------------ building blocks
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """detectron2's SGD, or AdamW with the same parameter groups (FSOD.ENGINE.OPTIMIZER)."""
+        name = cfg.FSOD.ENGINE.OPTIMIZER.lower()
+        if name == "sgd":
+            return super().build_optimizer(cfg, model)
+        if name != "adamw":
+            raise ValueError(f"FSOD.ENGINE.OPTIMIZER must be 'SGD' or 'AdamW', not {name!r}")
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=cfg.SOLVER.BASE_LR,
+            betas=tuple(cfg.FSOD.ENGINE.ADAMW_BETAS),
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        )
+        return maybe_add_gradient_clipping(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        return build_episodic_train_loader(cfg)
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return FsodCOCOEvaluator(dataset_name, output_dir=output_folder)
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        cfg = self.cfg
+        extra = [ThroughputHook(cfg.SOLVER.IMS_PER_BATCH, cfg.FSOD.N_WAY * cfg.FSOD.K_SHOT)]
+        self.throughput = extra[0]
+        if torch.cuda.is_available() and torch.device(cfg.MODEL.DEVICE).type == "cuda":
+            extra.append(GPUStatsHook(cfg.FSOD.ENGINE.LOG_GPU_STATS_PERIOD))
+        # after the IterationTimer, before the checkpointer/evaluation/writers
+        return hooks[:1] + extra + hooks[1:]
+
+    def resume_or_load(self, resume: bool = True):
+        super().resume_or_load(resume=resume)
+        # The episode stream continues at the resumed iteration (the loader's iterator is
+        # created lazily by the first step, so this is in time).
+        if hasattr(self.data_loader, "start_iter"):
+            self.data_loader.start_iter = self.start_iter
+
+    def run_step(self):
+        with explain_oom(self.cfg, f"training iteration {self.iter}"):
+            super().run_step()
+
+    # ------------------------------------------------------------------ evaluation
+    @classmethod
+    def build_prototypes(cls, cfg: CfgNode, model: torch.nn.Module) -> PrototypeSet:
+        """Prototypes of the evaluation support set (``cfg.FSOD.TEST``: K-shot draw of
+        SUPPORT_DATASET with SEED), loaded from PROTOTYPE_FILE if it matches these weights and
+        supports, otherwise computed (and saved there by the main process)."""
+        model = unwrap_model(model)
+        t = cfg.FSOD.TEST
+        if not t.SUPPORT_DATASET:
+            raise ValueError(
+                "FSOD.TEST.SUPPORT_DATASET is empty: name the registered dataset whose K-shot "
+                "draw gives the evaluation supports (e.g. the few-shot split of the train set)"
+            )
+        images, boxes, class_ids, names = build_support_set(
+            cfg, t.SUPPORT_DATASET, t.K_SHOT, t.SEED
+        )
+        if t.PROTOTYPE_FILE and os.path.isfile(t.PROTOTYPE_FILE):
+            fingerprint = support_fingerprint(images, boxes, class_ids, t.K_SHOT)
+            try:
+                prototypes = model.load_prototypes(t.PROTOTYPE_FILE, support_fp=fingerprint)
+                logger.info("Loaded %d class prototypes from %s", len(prototypes), t.PROTOTYPE_FILE)
+                return prototypes
+            except StalePrototypeError as e:
+                logger.info("Recomputing prototypes: %s", e)
+        prototypes = model.compute_prototypes(images, boxes, class_ids, names)
+        if t.PROTOTYPE_FILE and comm.is_main_process():
+            prototypes.save(t.PROTOTYPE_FILE)
+        return prototypes
+
+    @staticmethod
+    def _classes_of(prototypes: PrototypeSet, dataset_name: str) -> PrototypeSet:
+        """The prototypes of the classes a test set is annotated for (e.g. only novel ones
+        for a ``*_novel`` variant)."""
+        meta = MetadataCatalog.get(dataset_name)
+        subset = meta.get("subset", "all")
+        if subset not in ("base", "novel"):
+            return prototypes
+        keep_ids = set(meta.get(f"{subset}_ids", []))
+        keep = [i for i, c in enumerate(prototypes.class_ids.tolist()) if c in keep_ids]
+        index = torch.as_tensor(keep, dtype=torch.long, device=prototypes.class_ids.device)
+        return PrototypeSet(
+            prototypes.class_ids[index],
+            prototypes.rpn_kernels[index],
+            prototypes.roi_prototypes[index],
+            [prototypes.class_names[i] for i in keep] if prototypes.class_names else [],
+            prototypes.weights_fingerprint,
+            prototypes.support_fingerprint,
+        )
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+        """Compute the prototypes once, then evaluate every ``cfg.DATASETS.TEST`` set with
+        detectron2's test loop. Returns detectron2's results dict (with bAP/nAP)."""
+        if not cfg.DATASETS.TEST:
+            return {}
+        module = unwrap_model(model)
+        with explain_oom(cfg, "prototype computation"):
+            prototypes = cls.build_prototypes(cfg, module)
+        if evaluators is not None and not isinstance(evaluators, (list, tuple)):
+            evaluators = [evaluators]
+        results = {}
+        try:
+            for i, name in enumerate(cfg.DATASETS.TEST):
+                protos = cls._classes_of(prototypes, name)
+                module.set_prototypes(protos)
+                evaluator = evaluators[i] if evaluators else cls.build_evaluator(cfg, name)
+                if isinstance(evaluator, FsodCOCOEvaluator):
+                    evaluator.class_ids = protos.class_ids.tolist()
+                single = cfg.clone()
+                single.defrost()
+                single.DATASETS.TEST = (name,)
+                with explain_oom(cfg, f"inference on {name}"):
+                    results[name] = super().test(single, model, [evaluator])
+                if comm.is_main_process():
+                    cls._report(cfg, name, protos, results[name])
+        finally:
+            module.set_prototypes(None)  # weights change during training: never reuse
+        return next(iter(results.values())) if len(results) == 1 else results
+
+    @staticmethod
+    def _report(cfg: CfgNode, name: str, prototypes: PrototypeSet, result: Dict) -> None:
+        bbox = result.get("bbox", {})
+        logger.info(
+            "%s (%d classes, %d-shot supports of %s, seed %d): AP %.2f | bAP %.2f | nAP %.2f | "
+            "nAP50 %.2f",
+            name,
+            len(prototypes),
+            cfg.FSOD.TEST.K_SHOT,
+            cfg.FSOD.TEST.SUPPORT_DATASET,
+            cfg.FSOD.TEST.SEED,
+            *(bbox.get(k, float("nan")) for k in ("AP", "bAP", "nAP", "nAP50")),
+        )
+        out_dir = os.path.join(cfg.OUTPUT_DIR, "inference", name)
+        os.makedirs(out_dir, exist_ok=True)
+        path = os.path.join(
+            out_dir, f"fsod_metrics_{cfg.FSOD.TEST.K_SHOT}shot_seed{cfg.FSOD.TEST.SEED}.json"
+        )
+        record = {
+            "dataset": name,
+            "support_dataset": cfg.FSOD.TEST.SUPPORT_DATASET,
+            "k_shot": cfg.FSOD.TEST.K_SHOT,
+            "seed": cfg.FSOD.TEST.SEED,
+            "weights": cfg.MODEL.WEIGHTS,
+            "classes": prototypes.class_names,
+            "metrics": {task: dict(m) for task, m in result.items()},
+        }
+        with open(path, "w") as f:
+            json.dump(record, f, indent=1)
+        logger.info("Few-shot metrics written to %s", path)
