@@ -1,0 +1,77 @@
+"""Every YAML under configs/ loads with add_fsod_config; its datasets are registered names;
+CPU-sized ones build a model."""
+
+import pytest
+import yaml
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
+
+from fsod_d2 import add_fsod_config
+
+from .common import CONFIG_DIR
+
+ALL_CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
+IDS = [str(p.relative_to(CONFIG_DIR)) for p in ALL_CONFIGS]
+# folders whose configs use datasets that their script registers at run time
+SCRIPT_REGISTERED = {"benchmarks"}
+
+
+def _load(path):
+    cfg = add_fsod_config(get_cfg())
+    cfg.merge_from_file(str(path))
+    return cfg
+
+
+def _is_cpu_sized(cfg) -> bool:
+    return cfg.MODEL.BACKBONE.NAME == "build_fsod_tiny_backbone"
+
+
+def test_config_tree_is_complete():
+    names = set(IDS)
+    for required in (
+        "Base-FSOD-C4.yaml",
+        "fsod_5way3shot.yaml",
+        "fsod_5way3shot_finetune.yaml",
+        "demo/fsod_toy_base.yaml",
+        "quick_schedules/fsod_tiny_cpu.yaml",
+        "voc/fsod_split1_5way3shot.yaml",
+    ):
+        assert required in names
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=IDS)
+def test_config_loads(path):
+    cfg = _load(path)
+    assert cfg.MODEL.META_ARCHITECTURE == "FsodRCNN"
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    if path.name != "Base-FSOD-C4.yaml":
+        assert "_BASE_" in raw, "leaves inherit and set only what differs"
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    names += [cfg.FSOD.TEST.SUPPORT_DATASET] if cfg.FSOD.TEST.SUPPORT_DATASET else []
+    unknown = [n for n in names if n not in DatasetCatalog]
+    if path.parent.name not in SCRIPT_REGISTERED:
+        assert not unknown, f"{path}: datasets not registered: {unknown}"
+    if cfg.DATASETS.TEST:
+        assert cfg.FSOD.TEST.SUPPORT_DATASET, "evaluation needs FSOD.TEST.SUPPORT_DATASET"
+
+
+def test_headline_config():
+    cfg = _load(CONFIG_DIR / "fsod_5way3shot.yaml")
+    assert (cfg.FSOD.N_WAY, cfg.FSOD.K_SHOT, cfg.FSOD.SUPPORT.SIZE) == (5, 3, 320)
+    assert cfg.MODEL.WEIGHTS.startswith("detectron2://ImageNetPretrained/")
+    assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.SOLVER.REFERENCE_WORLD_SIZE > 0
+    assert _load(CONFIG_DIR / "fsod_5way3shot_s384.yaml").FSOD.SUPPORT.SIZE == 384
+    ft = _load(CONFIG_DIR / "fsod_5way3shot_finetune.yaml")
+    assert ft.DATASETS.TRAIN[0].endswith("_novel") and ft.SOLVER.BASE_LR < cfg.SOLVER.BASE_LR
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in ALL_CONFIGS if _is_cpu_sized(_load(p))], ids=lambda p: p.name
+)
+def test_cpu_sized_config_builds_a_model(path):
+    cfg = _load(path)
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    assert type(model).__name__ == "FsodRCNN"
