@@ -32,9 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import inference_on_dataset
+from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -90,6 +92,10 @@ def _median_step_seconds(trainer) -> float:
 def train_within_budget(trainer_cls, cfg, budget_s: float, calib_iters: int = 15):
     """Time a few steps, then train a fresh model for as many iterations as fit ``budget_s``
     (LR steps at 80% and 95% of them). Returns (trainer, iterations, seconds)."""
+    # apply SOLVER.REFERENCE_WORLD_SIZE scaling now, so the iterations computed are the ones run
+    cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+    cfg.defrost()
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 0
     calib = cfg.clone()
     calib.SOLVER.MAX_ITER = calib_iters
     calib.SOLVER.CHECKPOINT_PERIOD = 10**9
@@ -290,13 +296,15 @@ def main(argv=None) -> dict:
         default=15.0,
         help="training wall-clock budget per method (episodic and TFA base)",
     )
-    parser.add_argument("--finetune-iters", type=int, default=150)
+    parser.add_argument("--finetune-iters", type=int, default=60)
     parser.add_argument("--shots", nargs="+", type=int, default=[1, 5])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--num-train", type=int, default=1200)
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--skip-tfa", action="store_true")
+    parser.add_argument("--fsod-weights", default="", help="reuse a base-trained FsodRCNN")
+    parser.add_argument("--tfa-weights", default="", help="reuse a base-trained Faster R-CNN")
     parser.add_argument("--out-dir", default=None)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (ablations)")
     args = parser.parse_args(argv)
@@ -316,16 +324,21 @@ def main(argv=None) -> dict:
     budget = args.budget_min * 60
     report = {"machine": machine_info(), "args": vars(args), "data": info["stats"], "runs": []}
 
-    # 1. episodic base training
-    trainer, iters, secs = train_within_budget(FsodTrainer, cfg, budget)
-    model = trainer.model
+    # 1. episodic base training (or reuse of a model trained by an earlier run)
+    if args.fsod_weights:
+        model = FsodTrainer.build_model(cfg)
+        DetectionCheckpointer(model).load(args.fsod_weights)
+        report["fsod_base_training"] = previous_training(args.fsod_weights)
+    else:
+        trainer, iters, secs = train_within_budget(FsodTrainer, cfg, budget)
+        model = trainer.model
+        report["fsod_base_training"] = {
+            "iterations": iters,
+            "seconds": secs,
+            "loss_curve": loss_curve(trainer),
+            "throughput": trainer.throughput.summary(),
+        }
     base_weights = copy.deepcopy(unwrap_model(model).state_dict())
-    report["fsod_base_training"] = {
-        "iterations": iters,
-        "seconds": secs,
-        "loss_curve": loss_curve(trainer),
-        "throughput": trainer.throughput.summary(),
-    }
     for k in args.shots:
         for seed in args.seeds:
             for method, shuffle in (("fsod", False), ("fsod_shuffled", True)):
@@ -361,13 +374,19 @@ def main(argv=None) -> dict:
     # 3. TFA-style baseline: Faster R-CNN on base classes, then last-layer K-shot fine-tuning
     if not args.skip_tfa:
         tfa = tfa_cfg(cfg, work)
-        tfa_trainer, tfa_iters, tfa_secs = train_within_budget(DefaultTrainer, tfa, budget)
-        report["tfa_base_training"] = {
-            "iterations": tfa_iters,
-            "seconds": tfa_secs,
-            "loss_curve": loss_curve(tfa_trainer),
-        }
-        TFAFinetuneTrainer.base_weights = copy.deepcopy(tfa_trainer.model.state_dict())
+        if args.tfa_weights:
+            tfa_model = DefaultTrainer.build_model(tfa)
+            DetectionCheckpointer(tfa_model).load(args.tfa_weights)
+            report["tfa_base_training"] = previous_training(args.tfa_weights)
+        else:
+            tfa_trainer, tfa_iters, tfa_secs = train_within_budget(DefaultTrainer, tfa, budget)
+            tfa_model = tfa_trainer.model
+            report["tfa_base_training"] = {
+                "iterations": tfa_iters,
+                "seconds": tfa_secs,
+                "loss_curve": loss_curve(tfa_trainer),
+            }
+        TFAFinetuneTrainer.base_weights = copy.deepcopy(tfa_model.state_dict())
         TFAFinetuneTrainer.novel_ids = list(MetadataCatalog.get(VAL).novel_ids)
         for k in args.shots:
             for seed in args.seeds:
@@ -396,6 +415,18 @@ def main(argv=None) -> dict:
         "targets: %s; wall %.1f min; %s", report["targets"], report["wall_seconds"] / 60, path
     )
     return report
+
+
+def previous_training(weights: str) -> dict:
+    """What an earlier run recorded about the training of ``weights`` (its metrics.json)."""
+    metrics = Path(weights).with_name("metrics.json")
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    rows = [r for r in map(json.loads, lines) if "total_loss" in r]
+    return {
+        "weights": str(weights),
+        "iterations": rows[-1]["iteration"] + 1 if rows else None,
+        "loss_curve": [r["total_loss"] for r in rows],
+    }
 
 
 def tfa_cfg(cfg, work: Path):
