@@ -325,19 +325,7 @@ def main(argv=None) -> dict:
     report = {"machine": machine_info(), "args": vars(args), "data": info["stats"], "runs": []}
 
     # 1. episodic base training (or reuse of a model trained by an earlier run)
-    if args.fsod_weights:
-        model = FsodTrainer.build_model(cfg)
-        DetectionCheckpointer(model).load(args.fsod_weights)
-        report["fsod_base_training"] = previous_training(args.fsod_weights)
-    else:
-        trainer, iters, secs = train_within_budget(FsodTrainer, cfg, budget)
-        model = trainer.model
-        report["fsod_base_training"] = {
-            "iterations": iters,
-            "seconds": secs,
-            "loss_curve": loss_curve(trainer),
-            "throughput": trainer.throughput.summary(),
-        }
+    model, report["fsod_base_training"] = base_model(FsodTrainer, cfg, budget, args.fsod_weights)
     base_weights = copy.deepcopy(unwrap_model(model).state_dict())
     for k in args.shots:
         for seed in args.seeds:
@@ -355,15 +343,8 @@ def main(argv=None) -> dict:
     # 2. fine-tuning stage of the episodic model on each K-shot set
     for k in args.shots:
         for seed in args.seeds:
-            ft = cfg.clone()
-            ft.DATASETS.TRAIN = (kshot_name(k, seed),)
-            ft.SOLVER.MAX_ITER = args.finetune_iters
-            ft.SOLVER.BASE_LR = cfg.SOLVER.BASE_LR * 0.2
-            ft.SOLVER.STEPS = ()
-            ft.SOLVER.WARMUP_ITERS = 0
-            ft.SOLVER.CHECKPOINT_PERIOD = 10**9
+            ft = finetune_cfg(cfg, k, seed, args.finetune_iters, 0.2, work / "fsod_ft")
             ft.FSOD.K_SHOT = k
-            ft.OUTPUT_DIR = str(work / f"fsod_ft_{k}shot_seed{seed}")
             ft_trainer = FsodTrainer(ft)
             unwrap_model(ft_trainer.model).load_state_dict(base_weights)
             ft_trainer.train()
@@ -374,30 +355,14 @@ def main(argv=None) -> dict:
     # 3. TFA-style baseline: Faster R-CNN on base classes, then last-layer K-shot fine-tuning
     if not args.skip_tfa:
         tfa = tfa_cfg(cfg, work)
-        if args.tfa_weights:
-            tfa_model = DefaultTrainer.build_model(tfa)
-            DetectionCheckpointer(tfa_model).load(args.tfa_weights)
-            report["tfa_base_training"] = previous_training(args.tfa_weights)
-        else:
-            tfa_trainer, tfa_iters, tfa_secs = train_within_budget(DefaultTrainer, tfa, budget)
-            tfa_model = tfa_trainer.model
-            report["tfa_base_training"] = {
-                "iterations": tfa_iters,
-                "seconds": tfa_secs,
-                "loss_curve": loss_curve(tfa_trainer),
-            }
+        tfa_model, report["tfa_base_training"] = base_model(
+            DefaultTrainer, tfa, budget, args.tfa_weights
+        )
         TFAFinetuneTrainer.base_weights = copy.deepcopy(tfa_model.state_dict())
         TFAFinetuneTrainer.novel_ids = list(MetadataCatalog.get(VAL).novel_ids)
         for k in args.shots:
             for seed in args.seeds:
-                ft = tfa.clone()
-                ft.DATASETS.TRAIN = (kshot_name(k, seed),)
-                ft.SOLVER.MAX_ITER = args.finetune_iters
-                ft.SOLVER.BASE_LR = tfa.SOLVER.BASE_LR * 0.5
-                ft.SOLVER.STEPS = ()
-                ft.SOLVER.WARMUP_ITERS = 0
-                ft.SOLVER.CHECKPOINT_PERIOD = 10**9
-                ft.OUTPUT_DIR = str(work / f"tfa_ft_{k}shot_seed{seed}")
+                ft = finetune_cfg(tfa, k, seed, args.finetune_iters, 0.5, work / "tfa_ft")
                 ft_trainer = TFAFinetuneTrainer(ft)
                 ft_trainer.train()
                 ft_trainer.model.eval()
@@ -415,6 +380,33 @@ def main(argv=None) -> dict:
         "targets: %s; wall %.1f min; %s", report["targets"], report["wall_seconds"] / 60, path
     )
     return report
+
+
+def base_model(trainer_cls, cfg, budget_s: float, weights: str = ""):
+    """The base-trained model and a record of its training: trained now within ``budget_s``,
+    or loaded from ``weights`` (an earlier run's model_final.pth)."""
+    if weights:
+        model = trainer_cls.build_model(cfg)
+        DetectionCheckpointer(model).load(weights)
+        return model, previous_training(weights)
+    trainer, iters, secs = train_within_budget(trainer_cls, cfg, budget_s)
+    record = {"iterations": iters, "seconds": secs, "loss_curve": loss_curve(trainer)}
+    if hasattr(trainer, "throughput"):
+        record["throughput"] = trainer.throughput.summary()
+    return trainer.model, record
+
+
+def finetune_cfg(cfg, k: int, seed: int, iters: int, lr_scale: float, out_prefix: Path):
+    """Fine-tuning on the seed's K-shot set of every class: constant LR, no checkpoints."""
+    ft = cfg.clone()
+    ft.DATASETS.TRAIN = (kshot_name(k, seed),)
+    ft.SOLVER.MAX_ITER = iters
+    ft.SOLVER.BASE_LR = cfg.SOLVER.BASE_LR * lr_scale
+    ft.SOLVER.STEPS = ()
+    ft.SOLVER.WARMUP_ITERS = 0
+    ft.SOLVER.CHECKPOINT_PERIOD = 10**9
+    ft.OUTPUT_DIR = f"{out_prefix}_{k}shot_seed{seed}"
+    return ft
 
 
 def previous_training(weights: str) -> dict:
