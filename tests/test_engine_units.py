@@ -10,6 +10,8 @@ import uuid
 import numpy as np
 import pytest
 import torch
+from detectron2.data import DatasetCatalog
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -279,3 +281,23 @@ def test_eval_novel_only_set_and_prototype_file_cache(toy_names, tmp_path):
     again = FsodTrainer.test(cfg, model)  # same weights and supports: loaded, not rewritten
     assert proto_file.stat().st_mtime_ns == stored
     assert again[f"{toy_names}_val"]["bbox"]["AP"] == pytest.approx(full["AP"])
+
+
+def test_evaluator_without_any_detection_reports_zero_where_there_is_ground_truth(
+    toy_names, tmp_path
+):
+    from fsod_d2.evaluation import FsodCOCOEvaluator
+
+    ev = FsodCOCOEvaluator(f"{toy_names}_val", output_dir=str(tmp_path), distributed=False)
+    ev.reset()
+    for d in DatasetCatalog.get(f"{toy_names}_val"):  # every image, no detection
+        empty = Instances(
+            (d["height"], d["width"]),
+            pred_boxes=Boxes(torch.zeros(0, 4)),
+            scores=torch.zeros(0),
+            pred_classes=torch.zeros(0, dtype=torch.long),
+        )
+        ev.process([{"image_id": d["image_id"]}], [{"instances": empty}])
+    res = ev.evaluate()["bbox"]
+    assert res["AP"] == 0.0 and res["bAP"] == 0.0 and res["nAP50"] == 0.0
+    assert np.isnan(res["APl"]) or res["APl"] == 0.0

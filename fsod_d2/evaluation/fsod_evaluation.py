@@ -98,17 +98,31 @@ class FsodCOCOEvaluator(COCOEvaluator):
             groups[prefix] = [c for c in evaluated if c in set(ids)]
         return groups
 
+    def _no_detection_results(self, category_ids: Sequence[int]) -> Dict[str, float]:
+        """What COCOeval would report without detections: 0 where the categories have
+        (non-crowd) ground truth in the metric's area range, NaN elsewhere."""
+        anns = self._coco_api.loadAnns(self._coco_api.getAnnIds(catIds=list(category_ids)))
+        areas = np.array([a["area"] for a in anns if not a.get("iscrowd", 0)], dtype=float)
+        ranges = ((0, np.inf), (0, 32**2), (32**2, 96**2), (96**2, np.inf))
+        out = {}
+        for name, _, area in _METRICS:
+            lo, hi = ranges[area]
+            has_gt = bool(((areas >= lo) & (areas < hi)).any()) if len(category_ids) else False
+            out[name] = 0.0 if has_gt else float("nan")
+        return out
+
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         results = super()._derive_coco_results(coco_eval, iou_type, class_names)
-        if coco_eval is None or iou_type != "bbox":
-            if iou_type == "bbox":  # no predictions at all: every group is NaN
-                for prefix in ("b", "n"):
-                    results.update({prefix + m: float("nan") for m, _, _ in _METRICS})
+        if iou_type != "bbox":
             return results
         extra = {}
         for prefix, ids in self.category_groups().items():
-            for name, value in summarize_categories(coco_eval, self._dataset_ids(ids)).items():
-                extra[prefix + name] = value
+            cat_ids = self._dataset_ids(ids)
+            if coco_eval is None:  # no detection at all: AP 0 where there is ground truth
+                group = self._no_detection_results(cat_ids)
+            else:
+                group = summarize_categories(coco_eval, cat_ids)
+            extra.update({prefix + name: value for name, value in group.items()})
         results.update(extra)  # "" group: AP... over the evaluated classes only
         logger.info(
             "Few-shot results (%s, %s): \n%s",
