@@ -66,7 +66,15 @@ def prepare_data(args) -> dict:
         seed=args.data_seed,
     )
     base, novel = info["base_classes"], info["novel_classes"]
-    for name, path in ((TRAIN, info["train_json"]), (VAL, info["val_json"])):
+    val_json = info["val_json"]
+    if args.eval_images:  # evaluate on the first N val images (time budget)
+        val = json.loads(Path(val_json).read_text())
+        keep = {im["id"] for im in val["images"][: args.eval_images]}
+        val["images"] = [im for im in val["images"] if im["id"] in keep]
+        val["annotations"] = [a for a in val["annotations"] if a["image_id"] in keep]
+        val_json = str(root / "splits" / f"val_first{args.eval_images}.json")
+        dump_json(val, val_json)
+    for name, path in ((TRAIN, info["train_json"]), (VAL, val_json)):
         register_fewshot_coco(name, path, info["image_root"], base, novel)
     coco = json.loads(Path(info["train_json"]).read_text())
     for k in args.shots:
@@ -303,6 +311,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--skip-tfa", action="store_true")
+    parser.add_argument("--skip-finetune", action="store_true", help="no fine-tuning of ours")
+    parser.add_argument("--eval-images", type=int, default=0, help="first N val images (0: all)")
     parser.add_argument("--fsod-weights", default="", help="reuse a base-trained FsodRCNN")
     parser.add_argument("--tfa-weights", default="", help="reuse a base-trained Faster R-CNN")
     parser.add_argument("--out-dir", default=None)
@@ -341,7 +351,7 @@ def main(argv=None) -> dict:
     )
 
     # 2. fine-tuning stage of the episodic model on each K-shot set
-    for k in args.shots:
+    for k in [] if args.skip_finetune else args.shots:
         for seed in args.seeds:
             ft = finetune_cfg(cfg, k, seed, args.finetune_iters, 0.2, work / "fsod_ft")
             ft.FSOD.K_SHOT = k
