@@ -55,7 +55,7 @@ def calibrate_frozen_bn(model: torch.nn.Module, images: torch.Tensor) -> None:
         name = model.roi_heads.in_features[0]
         h, w = features[name].shape[-2:]
         stride = model.backbone.output_shape()[name].stride
-        box = torch.tensor([[0.0, 0.0, w * stride - 1.0, h * stride - 1.0]])
+        box = torch.tensor([[0.0, 0.0, w * stride - 1.0, h * stride - 1.0]], device=images.device)
         from detectron2.structures import Boxes
 
         model.roi_heads._shared_roi_transform([features[name]], [Boxes(box)])
