@@ -1,6 +1,7 @@
 """PNG plots of the benchmark JSONs; rerun on results fetched from another machine.
 
     python benchmarks/plots.py [RESULTS_DIR]   # default benchmarks/results (or $FSOD_BENCH_OUT)
+    python benchmarks/plots.py --table [DIR]   # Markdown table of train_throughput.json
 
 Writes train_throughput.png from train_throughput.json (throughput and memory vs N-way, K-shot
 and support size) and inference_scaling.png from inference_scaling.json, where present.
@@ -33,7 +34,6 @@ def plot_train_sweeps(results: Dict, path: Path) -> None:
     sweeps = {c: dims for c, dims in results["sweeps"].items() if any(dims.values())}
     if not sweeps:
         return
-    cases = results["cases"]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for col, (dim, label) in enumerate(_DIMS):
         ax_t, ax_m = axes[0, col], axes[1, col]
@@ -42,7 +42,7 @@ def plot_train_sweeps(results: Dict, path: Path) -> None:
             points = sorted(dims.get(dim, []), key=lambda p: p["x"])
             if not points:
                 continue
-            c = cases[points[0]["case"]]
+            c = dims["base"]
             amp = ", AMP" if c["amp"] else ""
             held = {"n_way": f"{c['n_way']}-way", "k_shot": f"{c['k_shot']}-shot",
                     "support_size": f"S={c['support_size']}"}  # fmt: skip
@@ -74,14 +74,52 @@ def plot_train_sweeps(results: Dict, path: Path) -> None:
     plt.close(fig)
 
 
+def markdown_table(results: Dict) -> str:
+    """The non-sweep cases of a train_throughput.json as a Markdown table (benchmarks/README)."""
+    cuda = any(c["device"].startswith("cuda") for c in results["cases"])
+    mem = "GPU max alloc MiB" if cuda else "peak RSS MiB"
+    lines = [
+        f"| config | N-way x K-shot | support px | RPN | procs | episodes/step | AMP | mode | "
+        f"step s (wall) | CPU s/step | episodes/min | images/s | {mem} | vs batched |",
+        "|" + " --- |" * 14,
+    ]
+    for c in results["cases"]:
+        if not c.get("in_star", True):
+            continue
+        for m, v in c["modes"].items():
+            ratio = {"per_class": c.get("per_class_over_batched"),
+                     "batched_fast": c.get("fast_speedup")}.get(m)  # fmt: skip
+            ratio_cpu = {"per_class": c.get("per_class_over_batched_cpu_time"),
+                         "batched_fast": c.get("fast_speedup_cpu_time")}.get(m)  # fmt: skip
+            # one mode per process: its lifetime peak; several: the RSS peak of its own steps
+            memory = v["peak_memory_mb"]
+            if not cuda and len(c["modes"]) == 1:
+                memory = max(c["proc_max_rss_mb"])
+            lines.append(
+                f"| {c['config']} | {c['n_way']}x{c['k_shot']} | {c['support_size']} | "
+                f"{c['rpn']} | {c['procs']} | {c['episodes_per_step']} | "
+                f"{'on' if c['amp'] else 'off'} | {m}{' (fast)' if c['fast'] else ''} | "
+                f"{v['step_s']:.3g} | {v['cpu_s_per_step']:.3g} | {v['episodes_per_min']:.3g} | "
+                f"{v['images_per_s']:.3g} | {memory} | "
+                + (f"{ratio:.2f}x wall, {ratio_cpu:.2f}x CPU |" if ratio else " |")
+            )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     from benchmarks.common import RESULTS
 
+    table = "--table" in argv
+    argv = [a for a in argv if a != "--table"]
     root = Path(argv[0] if argv else os.environ.get("FSOD_BENCH_OUT", RESULTS))
     train = root / "train_throughput.json"
     if train.is_file():
-        plot_train_sweeps(json.loads(train.read_text()), train.with_suffix(".png"))
+        results = json.loads(train.read_text())
+        if table:
+            print(markdown_table(results))
+            return
+        plot_train_sweeps(results, train.with_suffix(".png"))
         print(f"wrote {train.with_suffix('.png')}")
     inference = root / "inference_scaling.json"
     if inference.is_file():

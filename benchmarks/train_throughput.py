@@ -36,6 +36,7 @@ Results (printed table + JSON, rewritten after every case) go to benchmarks/resu
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -52,6 +53,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
+    RESULTS,
     PeakRSS,
     TrainStep,
     build_calibrated_model,
@@ -83,17 +85,21 @@ class Case:
     ims_per_batch: int = 1
     fast: bool = False  # every mode with the fast step (channels-last + fused SGD)
     modes: Tuple[str, ...] = ("batched",)
+    # a sweep point measured on its own, where the star has these settings only in a process
+    # shared with other modes (whose memory and interleaving would skew the sweep)
+    sweep: bool = False
 
     def key(self) -> tuple:
         return (self.config, self.n_way, self.k_shot, self.support_size, self.rpn, self.procs,
-                self.amp, self.ims_per_batch, self.fast)  # fmt: skip
+                self.amp, self.ims_per_batch, self.fast, self.sweep)  # fmt: skip
 
     def label(self) -> str:
         amp = " amp" if self.amp else ""
         fast = " fast" if self.fast else ""
+        sweep = " (sweep)" if self.sweep else ""
         return (
             f"{self.config} {self.n_way}w{self.k_shot}s S{self.support_size} {self.rpn}-RPN "
-            f"{self.procs}p B{self.ims_per_batch}{amp}{fast}"
+            f"{self.procs}p B{self.ims_per_batch}{amp}{fast}{sweep}"
         )
 
 
@@ -343,8 +349,9 @@ def summarise(case: Case, settings: Dict, ranks: List[Dict], seconds: float) -> 
 
 
 # ---------------------------------------------------------------------------- plan
-def plan(args) -> Tuple[List[Case], Dict[str, Dict[str, List[tuple]]]]:
-    """The star of cases (see module docstring) and, per swept config, the keys of each sweep."""
+def plan(args) -> Tuple[List[Case], Dict[str, Dict[str, List[tuple]]], set]:
+    """The star of cases (see module docstring), per swept config the keys of each sweep, and
+    the keys of the star itself (sweep points may coincide with them)."""
     amps = {"off": [False], "on": [True], "both": [False, True]}[args.amp]
     ways_shots = [tuple(int(v) for v in ws.lower().split("x")) for ws in args.ways_shots]
     head_n, head_k = ways_shots[0]
@@ -382,16 +389,23 @@ def plan(args) -> Tuple[List[Case], Dict[str, Dict[str, List[tuple]]]]:
         for ims in args.ims_per_batch[1:]:
             for amp in amps:
                 add(replace(head, ims_per_batch=ims, amp=amp))
-    sweeps = {}
+    star, sweeps = set(cases), {}
+
+    def point(case: Case) -> tuple:
+        old = cases.get(case.key())
+        if old is not None and old.modes != ("batched",):
+            case = replace(case, sweep=True)
+        return add(case).key()
+
     for config in args.sweeps:
         base = Case(config, head_n, head_k, head_s, args.rpn[0], 1, amps[-1], args.ims_per_batch[0],
                     fast)  # fmt: skip
         sweeps[config] = {
-            "n_way": [add(replace(base, n_way=n)).key() for n in args.sweep_ways],
-            "k_shot": [add(replace(base, k_shot=k)).key() for k in args.sweep_shots],
-            "support_size": [add(replace(base, support_size=s)).key() for s in args.sweep_sizes],
+            "n_way": [point(replace(base, n_way=n)) for n in args.sweep_ways],
+            "k_shot": [point(replace(base, k_shot=k)) for k in args.sweep_shots],
+            "support_size": [point(replace(base, support_size=s)) for s in args.sweep_sizes],
         }
-    return list(cases.values()), sweeps
+    return list(cases.values()), sweeps, star
 
 
 # ---------------------------------------------------------------------------- report
@@ -437,8 +451,9 @@ def _iters(args, config: str, cuda: bool) -> Tuple[int, int]:
     )
 
 
-def sweep_points(sweeps: Dict, by_key: Dict[tuple, Dict], cases: List[Dict]) -> Dict:
-    """Per swept config and dimension, the measured points (batched mode) in sweep order."""
+def sweep_points(sweeps: Dict, by_key: Dict[tuple, Dict]) -> Dict:
+    """Per swept config: ``base`` (the settings held fixed) and, per dimension, the measured
+    points (batched mode) in sweep order."""
     out = {}
     for config, dims in sweeps.items():
         out[config] = {}
@@ -449,10 +464,11 @@ def sweep_points(sweeps: Dict, by_key: Dict[tuple, Dict], cases: List[Dict]) -> 
                     continue
                 r = by_key[k]
                 v = r["modes"]["batched"]
+                fixed = ("n_way", "k_shot", "support_size", "rpn", "amp", "fast", "device")
+                out[config]["base"] = {f: r[f] for f in fixed}
                 points.append(
                     {
                         "x": r[dim],
-                        "case": cases.index(r),
                         "step_s": v["step_s"],
                         "episodes_per_min": v["episodes_per_min"],
                         "images_per_s": v["images_per_s"],
@@ -463,6 +479,12 @@ def sweep_points(sweeps: Dict, by_key: Dict[tuple, Dict], cases: List[Dict]) -> 
                 )
             out[config][dim] = points
     return out
+
+
+def load_results(out_dir=None) -> Dict:
+    """The train_throughput.json in ``out_dir`` (or $FSOD_BENCH_OUT / benchmarks/results), or {}."""
+    path = Path(out_dir or os.environ.get("FSOD_BENCH_OUT", RESULTS)) / "train_throughput.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def main(argv=None) -> Dict:
@@ -499,6 +521,10 @@ def main(argv=None) -> Dict:
     parser.add_argument("--out-dir", default=None)
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument(
+        "--append", action="store_true",
+        help="keep the results of other configs from the JSON already in the output folder",
+    )  # fmt: skip
+    parser.add_argument(
         "--quick", action="store_true",
         help="smoke run: tiny config, 5x3 at 64 px, 1 and 2 processes, reference, 1+2 steps",
     )  # fmt: skip
@@ -511,9 +537,19 @@ def main(argv=None) -> Dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     _defaults(args, args.device)
     cuda = args.device.startswith("cuda")
-    cases, sweeps = plan(args)
+    cases, sweeps, star = plan(args)
     threads = args.threads or os.cpu_count() or 1
     results = {"machine": machine_info(), "args": vars(args), "cases": [], "sweeps": {}}
+    kept_sweeps = {}
+    if args.append:  # keep the other configs' results of an earlier run in the same JSON
+        prior = load_results(args.out_dir)
+        if prior:
+            results["cases"] = [c for c in prior["cases"] if c["config"] not in args.configs]
+            kept_sweeps = {c: v for c, v in prior["sweeps"].items() if c not in args.sweeps}
+            results["sweeps"] = dict(kept_sweeps)
+            results["earlier_runs"] = prior.get("earlier_runs", []) + [
+                {k: prior[k] for k in ("machine", "args", "total_seconds") if k in prior}
+            ]
     logger.info("%d cases on %s", len(cases), args.device)
     start, by_key = time.perf_counter(), {}
     for i, case in enumerate(cases):
@@ -540,6 +576,7 @@ def main(argv=None) -> Dict:
             logger.error("%s failed: %s", case.label(), e)
             results.setdefault("failed", []).append({"case": case.label(), "error": str(e)})
             continue
+        res["in_star"] = case.key() in star  # False: a sweep point only
         by_key[case.key()] = res
         results["cases"].append(res)
         logger.info(
@@ -548,7 +585,7 @@ def main(argv=None) -> Dict:
             {m: f"{v['step_s']:.3f}s {v['episodes_per_min']:.1f} ep/min" for m, v in
              res["modes"].items()},
         )  # fmt: skip
-        results["sweeps"] = sweep_points(sweeps, by_key, results["cases"])
+        results["sweeps"] = {**kept_sweeps, **sweep_points(sweeps, by_key)}
         path = save_json("train_throughput", results, args.out_dir)  # after every case
     results["total_seconds"] = round(time.perf_counter() - start, 1)
     path = save_json("train_throughput", results, args.out_dir)

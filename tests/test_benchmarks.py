@@ -2,13 +2,14 @@
 fields the README and plots read. No timing assertions (the CI machine is shared)."""
 
 import argparse
+import dataclasses
 import json
 import shutil
 import subprocess
 
 import pytest
 
-from benchmarks import profile_train_step, train_throughput
+from benchmarks import plots, profile_train_step, train_throughput
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def test_throughput_json_fields(throughput):
     assert saved["cases"] == json.loads(json.dumps(results["cases"]))
     assert {"machine", "args", "cases", "sweeps", "total_seconds"} <= set(saved)
     assert not saved.get("failed") and not saved.get("skipped")
-    head, ddp = saved["cases"]
+    head, ddp, point = saved["cases"]
     assert (head["config"], head["n_way"], head["k_shot"], head["procs"]) == ("tiny", 5, 3, 1)
     assert set(head["modes"]) == {"batched", "per_class", "batched_fast"}
     assert head["same_weights"] is True
@@ -51,13 +52,19 @@ def test_throughput_json_fields(throughput):
     assert ddp["procs"] == 2 and ddp["episodes_per_step"] == 2
     assert len(ddp["proc_max_rss_mb"]) == 2 and ddp["threads_per_proc"] >= 1
     sweeps = saved["sweeps"]["tiny"]
-    assert [p["x"] for p in sweeps["n_way"]] == [5] and sweeps["k_shot"][0]["case"] == 0
+    assert [p["x"] for p in sweeps["n_way"]] == [5] and sweeps["base"]["support_size"] == 64
+    assert head["in_star"] and ddp["in_star"] and not point["in_star"]
+    # the sweep measures the headline settings alone, not in the head's 3-model process
+    assert point["sweep"] and list(point["modes"]) == ["batched"] and point["support_size"] == 64
 
 
-def test_throughput_plot(throughput):
-    out, _ = throughput
+def test_throughput_plot_and_table(throughput):
+    out, results = throughput
     png = out / "train_throughput.png"
     assert png.is_file() and png.stat().st_size > 1000
+    rows = plots.markdown_table(results).splitlines()
+    assert len(rows) == 2 + 3 + 1  # header, rule; head x 3 modes; 2 processes
+    assert "per_class" in rows[3] and "x wall" in rows[3]
 
 
 def test_plan_is_a_star_around_the_headline():
@@ -67,13 +74,15 @@ def test_plan_is_a_star_around_the_headline():
         reference="headline", fast="compare",
         sweeps=["tiny"], sweep_ways=[1, 5], sweep_shots=[3], sweep_sizes=[384],
     )  # fmt: skip
-    cases, sweeps = train_throughput.plan(args)
+    cases, sweeps, star = train_throughput.plan(args)
     head = cases[0]
     assert (head.n_way, head.k_shot, head.support_size, head.rpn) == (5, 3, 384, "early")
     assert head.modes == ("batched", "per_class", "batched_fast")
     labels = [c.label() for c in cases]
-    assert len(labels) == len(set(labels)) == 4 + 1 + 1 + 1  # N,K x S; late RPN; 2 procs; 1-way
-    assert sweeps["tiny"]["n_way"][1] == head.key()
+    # N,K x S; late RPN; 2 procs; sweep points 1-way and the headline measured alone
+    assert len(labels) == len(set(labels)) == 4 + 1 + 1 + 2
+    assert sweeps["tiny"]["n_way"][1] == dataclasses.replace(head, sweep=True).key()
+    assert len(star) == 6 and sweeps["tiny"]["n_way"][0] not in star
 
 
 def test_profile_train_step(tmp_path):
