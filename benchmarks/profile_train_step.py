@@ -131,7 +131,7 @@ def main(argv=None) -> Dict:
     parser.add_argument("--fast", action="store_true", help="channels-last + fused SGD step")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--shapes", action="store_true", help="ops grouped by input shapes")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads; 0: torch default")
     parser.add_argument("--tag", default="", help="suffix of the JSON name (before/after runs)")
     parser.add_argument("--trace", action="store_true", help="also write a Chrome trace")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

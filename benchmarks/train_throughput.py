@@ -22,12 +22,15 @@ Cases form a star around the *headline* (first --ways-shots, last --support-size
 * --sweeps: N-way, K-shot and support size varied one at a time around the headline (plots).
 
 Steps: --warmup (CPU 1, GPU 3), then --iters timed (CPU 3, GPU 10), more on one process until
---min-seconds are timed. Memory: on CUDA ``torch.cuda.max_memory_allocated`` per step; on CPU
-the RSS peak sampled during the timed steps, plus each process's lifetime peak (ru_maxrss). On
-CPU every case runs in fresh processes so that lifetime peaks do not leak between cases.
+--min-seconds are timed. CPU: one torch thread per process unless --threads says otherwise (on a
+shared VM more threads made every step slower, see benchmarks/README.md).
 
-    python benchmarks/train_throughput.py                    # CPU default, ~45 min on 2 cores
-    python benchmarks/train_throughput.py --configs tiny     # tiny config + sweeps, ~10 min
+Memory: on CUDA ``torch.cuda.max_memory_allocated`` per step; on CPU the RSS peak sampled during
+the timed steps, plus each process's lifetime peak (ru_maxrss). On CPU every case runs in fresh
+processes so that lifetime peaks do not leak between cases.
+
+    python benchmarks/train_throughput.py                    # CPU default, ~20 min on 2 cores
+    python benchmarks/train_throughput.py --configs tiny     # tiny config + sweeps, ~5 min
     python benchmarks/train_throughput.py --quick            # smoke test, ~30 s
 
 Results (printed table + JSON, rewritten after every case) go to benchmarks/results/ or
@@ -513,7 +516,10 @@ def main(argv=None) -> Dict:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--iters", type=int, default=None, help="timed steps (default by config)")
     parser.add_argument("--min-seconds", type=float, default=3.0, help="1 process: time more")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads in all processes")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="CPU threads of each process (default 1; 0: all cores split between processes)",
+    )  # fmt: skip
     parser.add_argument("--isolate", default="auto", choices=["auto", "always", "never"])
     parser.add_argument("--time-budget", type=float, default=None, help="seconds; skip the rest")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -538,7 +544,9 @@ def main(argv=None) -> Dict:
     _defaults(args, args.device)
     cuda = args.device.startswith("cuda")
     cases, sweeps, star = plan(args)
-    threads = args.threads or os.cpu_count() or 1
+    # one thread per process unless asked: on a shared VM, multi-threaded small ops stall at
+    # OpenMP barriers (2 threads measured 1.8x-100x slower than 1 here; benchmarks/README.md)
+    cores = os.cpu_count() or 1
     results = {"machine": machine_info(), "args": vars(args), "cases": [], "sweeps": {}}
     kept_sweeps = {}
     if args.append:  # keep the other configs' results of an earlier run in the same JSON
@@ -560,7 +568,9 @@ def main(argv=None) -> Dict:
         warmup, iters = _iters(args, case.config, cuda)
         settings = {
             "device": args.device,
-            "threads_per_proc": max(1, threads // case.procs),
+            "threads_per_proc": max(1, cores // case.procs)
+            if args.threads == 0
+            else (args.threads or 1),
             "amp_dtype": args.amp_dtype,
             "warmup": warmup,
             "iters": iters,
