@@ -70,7 +70,7 @@ START=$SECONDS
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 
 # ---- dependencies: carried wheels into a private target, detectron2 from its sources
-SITE=$(mktemp -d /tmp/fsod_site.XXXX)
+SITE=$(mktemp -d -t fsod_site.XXXX)
 if compgen -G "$WHEEL_DIR/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$SITE" "$WHEEL_DIR"/*.whl

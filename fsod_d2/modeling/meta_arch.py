@@ -207,7 +207,7 @@ class FsodRCNN(GeneralizedRCNN):
     ):
         """Detect the prototypes' classes in a batch of query images."""
         if detected_instances is not None:
-            raise NotImplementedError("FsodRCNN does not refine given detections")
+            raise ValueError("FsodRCNN.inference does not refine given detected_instances")
         if self.prototypes is None:
             raise RuntimeError(
                 "FsodRCNN has no class prototypes: call model.set_prototypes("
