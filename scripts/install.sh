@@ -32,8 +32,13 @@ else
   MAX_JOBS=${MAX_JOBS:-2} $PY -m pip install --no-build-isolation "${D2_SRC}"
 fi
 
-if $PY -m pip show -q fsod-d2 >/dev/null 2>&1 && $PY -c "import fsod_d2, pytest, ruff" 2>/dev/null; then
-  log "fsod-d2 already installed (editable)"
+# the editable install must point at *this* checkout (CI runs in a fresh clone elsewhere);
+# ask from / so that the current directory does not shadow the installed package
+here=$(pwd -P)
+installed=$(cd / && $PY -c "import os, fsod_d2, pytest, ruff; \
+print(os.path.dirname(os.path.dirname(os.path.realpath(fsod_d2.__file__))))" 2>/dev/null || true)
+if [ "$installed" = "$here" ]; then
+  log "fsod-d2 already installed (editable, $here)"
 else
   log "installing fsod-d2 (editable, dev extras)"
   $PY -m pip install -q --no-build-isolation -e ".[dev]"
