@@ -141,7 +141,14 @@ def loss_curve(trainer, key: str = "total_loss", points: int = 50) -> list:
     return [float(c.mean()) for c in chunks]
 
 
-class TFAFinetuneTrainer(DefaultTrainer):
+class BaselineTrainer(DefaultTrainer):
+    """Plain detectron2 training with the optimizer FsodTrainer uses (FSOD.ENGINE.OPTIMIZER),
+    so that the baseline gets the same optimizer, LR and budget as FsodRCNN."""
+
+    build_optimizer = FsodTrainer.build_optimizer  # bound: its super() resolves in FsodTrainer
+
+
+class TFAFinetuneTrainer(BaselineTrainer):
     """TFA (Wang et al. 2020) stage 2: all layers frozen but the box predictor, whose novel
     rows are re-initialised; trained on the balanced K-shot set of every class."""
 
@@ -366,7 +373,7 @@ def main(argv=None) -> dict:
     if not args.skip_tfa:
         tfa = tfa_cfg(cfg, work)
         tfa_model, report["tfa_base_training"] = base_model(
-            DefaultTrainer, tfa, budget, args.tfa_weights
+            BaselineTrainer, tfa, budget, args.tfa_weights
         )
         TFAFinetuneTrainer.base_weights = copy.deepcopy(tfa_model.state_dict())
         TFAFinetuneTrainer.novel_ids = list(MetadataCatalog.get(VAL).novel_ids)
