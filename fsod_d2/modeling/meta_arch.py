@@ -1,6 +1,5 @@
 """FsodRCNN: few-shot detector with a shared backbone, attention-RPN and multi-relation head."""
 
-import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -11,8 +10,6 @@ from detectron2.structures import ImageList, Instances
 from torch import Tensor
 
 from .support import PrototypeSet, StalePrototypeError, support_fingerprint, weights_fingerprint
-
-logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()

@@ -13,7 +13,6 @@ Everything is expressed over *pairs* ``(roi, class)``:
 * Box regression is class-agnostic and depends on the ROI alone, so it also runs once per box.
 """
 
-import logging
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -25,8 +24,6 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from torch import Tensor, nn
-
-logger = logging.getLogger(__name__)
 
 # pairs scored per chunk by the gather-heavy branches; bounds peak memory
 _PAIR_CHUNK = 1024
