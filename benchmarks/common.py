@@ -17,6 +17,7 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
 from fsod_d2 import add_fsod_config
+from fsod_d2.modeling.fold_bn import frozen_bn_unfolded
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -51,14 +52,17 @@ def calibrate_frozen_bn(model: torch.nn.Module, images: torch.Tensor) -> None:
         return
     handles = [m.register_forward_pre_hook(hook) for m in layers]
     try:
-        features = model.backbone(images)
-        name = model.roi_heads.in_features[0]
-        h, w = features[name].shape[-2:]
-        stride = model.backbone.output_shape()[name].stride
-        box = torch.tensor([[0.0, 0.0, w * stride - 1.0, h * stride - 1.0]], device=images.device)
-        from detectron2.structures import Boxes
+        with frozen_bn_unfolded(model):  # the hooks need the norms run as modules
+            features = model.backbone(images)
+            name = model.roi_heads.in_features[0]
+            h, w = features[name].shape[-2:]
+            stride = model.backbone.output_shape()[name].stride
+            box = torch.tensor(
+                [[0.0, 0.0, w * stride - 1.0, h * stride - 1.0]], device=images.device
+            )
+            from detectron2.structures import Boxes
 
-        model.roi_heads._shared_roi_transform([features[name]], [Boxes(box)])
+            model.roi_heads._shared_roi_transform([features[name]], [Boxes(box)])
     finally:
         for handle in handles:
             handle.remove()

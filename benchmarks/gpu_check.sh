@@ -18,8 +18,8 @@
 #
 # What runs: benchmarks/train_throughput.py on R-50-C4, 5-way 3-shot, 384 px supports, query
 # shorter side 600: fp32 vs AMP (fp16 + GradScaler), batched vs the per-class loop (same
-# weights), early vs late RPN conditioning, 1 and 8 episodes per step, then N/K/support-size
-# sweeps while its time budget lasts; then benchmarks/inference_scaling.py --configs R50-C4.
+# weights), FrozenBN folded vs not (batched_unfolded), early vs late RPN conditioning, 1 and 8
+# episodes per step, then N/K/support-size sweeps while its time budget lasts; then benchmarks/inference_scaling.py --configs R50-C4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -102,7 +102,7 @@ else
 fi
 # the time budget stops starting new cases; timeout is the backstop (JSON is saved per case)
 timeout 330 "$PY" benchmarks/train_throughput.py --ways-shots 5x3 --rpn early late --procs 1 \
-    "${TRAIN[@]}" --out-dir "$OUT" || echo "train_throughput exited with $?"
+    --unfolded "${TRAIN[@]}" --out-dir "$OUT" || echo "train_throughput exited with $?"
 echo "train_throughput done: $((SECONDS - START)) s"
 timeout 150 "$PY" benchmarks/inference_scaling.py "${INFER[@]}" --out-dir "$OUT" \
     || echo "inference_scaling exited with $?"

@@ -88,9 +88,11 @@ def markdown_table(results: Dict) -> str:
             continue
         for m, v in c["modes"].items():
             ratio = {"per_class": c.get("per_class_over_batched"),
-                     "batched_fast": c.get("fast_speedup")}.get(m)  # fmt: skip
+                     "batched_fast": c.get("fast_speedup"),
+                     "batched_unfolded": c.get("fold_speedup")}.get(m)  # fmt: skip
             ratio_cpu = {"per_class": c.get("per_class_over_batched_cpu_time"),
-                         "batched_fast": c.get("fast_speedup_cpu_time")}.get(m)  # fmt: skip
+                         "batched_fast": c.get("fast_speedup_cpu_time"),
+                         "batched_unfolded": c.get("fold_speedup_cpu_time")}.get(m)  # fmt: skip
             # one mode per process: its lifetime peak; several: the RSS peak of its own steps
             memory = v["peak_memory_mb"]
             if not cuda and len(c["modes"]) == 1:

@@ -71,7 +71,8 @@ from benchmarks.common import (  # noqa: E402
 logger = logging.getLogger("fsod_d2.benchmarks.train_throughput")
 
 # model formulations; "<mode>_fast" runs that model with TrainStep(fast=True) in the same process
-MODES = ("batched", "per_class", "batched_fast", "per_class_fast")
+# "batched_unfolded": the batched model without MODEL.FSOD.FOLD_FROZEN_BN (before/after)
+MODES = ("batched", "per_class", "batched_fast", "per_class_fast", "batched_unfolded")
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _case_cfg(case: Case, settings: Dict, per_class: bool = False):
+def _case_cfg(case: Case, settings: Dict, per_class: bool = False, fold: bool = True):
     opts = ["MODEL.DEVICE", settings["device"], "FSOD.N_WAY", case.n_way]
+    opts += ["MODEL.FSOD.FOLD_FROZEN_BN", fold]
     opts += ["FSOD.K_SHOT", case.k_shot, "FSOD.SUPPORT.SIZE", case.support_size]
     opts += ["MODEL.FSOD.RPN_CONDITIONING", case.rpn, "MODEL.FSOD.PER_CLASS_REFERENCE", per_class]
     return load_cfg(case.config, *opts)
@@ -136,7 +138,8 @@ def build_models(case: Case, settings: Dict) -> Dict[str, torch.nn.Module]:
         if mode == "batched":
             model = batched
         else:
-            model = build_model(_case_cfg(case, settings, per_class=mode.startswith("per_class")))
+            per_class, fold = mode.startswith("per_class"), not mode.endswith("_unfolded")
+            model = build_model(_case_cfg(case, settings, per_class=per_class, fold=fold))
             model.load_state_dict(state)
         if weights_fingerprint(model) != reference:
             raise RuntimeError(f"{mode} model does not have the batched model's weights")
@@ -348,6 +351,10 @@ def summarise(case: Case, settings: Dict, ranks: List[Dict], seconds: float) -> 
         b, f = res["modes"]["batched"], res["modes"]["batched_fast"]
         res["fast_speedup"] = b["step_s"] / f["step_s"]
         res["fast_speedup_cpu_time"] = b["cpu_s_per_step"] / f["cpu_s_per_step"]
+    if {"batched", "batched_unfolded"} <= set(case.modes):
+        b, u = res["modes"]["batched"], res["modes"]["batched_unfolded"]
+        res["fold_speedup"] = u["step_s"] / b["step_s"]
+        res["fold_speedup_cpu_time"] = u["cpu_s_per_step"] / b["cpu_s_per_step"]
     return res
 
 
@@ -370,6 +377,7 @@ def plan(args) -> Tuple[List[Case], Dict[str, Dict[str, List[tuple]]], set]:
 
     ref_modes = ("batched", "per_class") if args.reference != "none" else ("batched",)
     head_modes = ref_modes + (("batched_fast",) if args.fast == "compare" else ())
+    head_modes += ("batched_unfolded",) if args.unfolded else ()
     fast = args.fast == "on"
     for config in args.configs:
         head = Case(config, head_n, head_k, head_s, args.rpn[0], 1, amps[0], args.ims_per_batch[0],
@@ -414,20 +422,22 @@ def plan(args) -> Tuple[List[Case], Dict[str, Dict[str, List[tuple]]], set]:
 # ---------------------------------------------------------------------------- report
 def table(results: List[Dict]) -> str:
     """One line per (case, mode); ``vs batched``: per_class step time / batched step time
-    (the loop's slowdown), batched_fast: batched step time / fast step time (the speed-up)."""
+    (the loop's slowdown), batched_fast: batched step time / fast step time (the speed-up),
+    batched_unfolded: its step time / batched step time (what FrozenBN folding saves)."""
     head = (f"{'config':7} {'NxK':>5} {'S':>4} {'rpn':5} {'P':>1} {'B':>2} {'amp':3} "
-            f"{'mode':14} {'step s':>8} {'cpu s':>7} {'ep/min':>8} {'img/s':>7} {'mem MB':>7} "
+            f"{'mode':16} {'step s':>8} {'cpu s':>7} {'ep/min':>8} {'img/s':>7} {'mem MB':>7} "
             f"{'vs batched':>10}")  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in results:
         for m, v in r["modes"].items():
             ratio = {"per_class": r.get("per_class_over_batched"),
-                     "batched_fast": r.get("fast_speedup")}.get(m)  # fmt: skip
+                     "batched_fast": r.get("fast_speedup"),
+                     "batched_unfolded": r.get("fold_speedup")}.get(m)  # fmt: skip
             mode = m + (" (fast)" if r["fast"] else "")
             lines.append(
                 f"{r['config']:7} {r['n_way']:>2}x{r['k_shot']:<2} {r['support_size']:>4} "
                 f"{r['rpn']:5} {r['procs']:>1} {r['ims_per_batch']:>2} "
-                f"{'on' if r['amp'] else 'off':3} {mode:14} {v['step_s']:8.3f} "
+                f"{'on' if r['amp'] else 'off':3} {mode:16} {v['step_s']:8.3f} "
                 f"{v['cpu_s_per_step']:7.2f} {v['episodes_per_min']:8.1f} "
                 f"{v['images_per_s']:7.1f} {v['peak_memory_mb']:7d} "
                 f"{f'{ratio:.2f}x' if ratio else '':>10}"
@@ -507,6 +517,10 @@ def main(argv=None) -> Dict:
     parser.add_argument(
         "--reference", default="headline", choices=["headline", "all", "none"],
         help="where the per-class loop runs beside the batched model",
+    )  # fmt: skip
+    parser.add_argument(
+        "--unfolded", action="store_true",
+        help="also time the headline without MODEL.FSOD.FOLD_FROZEN_BN (its before/after)",
     )  # fmt: skip
     parser.add_argument("--sweeps", nargs="*", default=None, help="configs to sweep (CPU: tiny)")
     parser.add_argument("--sweep-ways", nargs="+", type=int, default=[1, 2, 3, 5, 8, 10])

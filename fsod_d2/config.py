@@ -44,6 +44,9 @@ def _add_model_config(cfg: CN) -> None:
     # Benchmark reference: run each class's branch separately in a Python loop (FewX-style).
     # Same weights, same outputs as SHARED_PROPOSALS=False; only slower.
     m.PER_CLASS_REFERENCE = False
+    # Run conv + FrozenBatchNorm pairs (ResNet) as one convolution with the norm folded into the
+    # weights: same parameters, checkpoints and outputs; saves the norm's elementwise passes.
+    m.FOLD_FROZEN_BN = True
 
     # Tiny backbone for CPU tests/demo (registered as "build_fsod_tiny_backbone"). Its output
     # name is MODEL.RESNETS.OUT_FEATURES[0]; its channels RES2_OUT_CHANNELS * 4 so that

@@ -252,3 +252,45 @@ def test_dense_and_pairwise_relation_scores_agree():
     dense = rel.cheap_logits_dense(q, s)
     pairwise = rel.cheap_logits(q, s, ri, ci).view(6, 3)
     assert torch.allclose(dense, pairwise, atol=1e-5)
+
+
+def test_folded_frozen_bn_computes_what_the_unfolded_model_does():
+    """MODEL.FSOD.FOLD_FROZEN_BN changes how conv + FrozenBN run, not the weights or the
+    result: same state_dict keys, same features and gradients (backbone and res5 head)."""
+    from detectron2.layers import FrozenBatchNorm2d
+
+    from fsod_d2.modeling.fold_bn import FrozenBNConv2d
+
+    opts = ("MODEL.RESNETS.NORM", "FrozenBN")
+    folded = _model(*opts)
+    plain = _model(*opts, "MODEL.FSOD.FOLD_FROZEN_BN", False)
+    num_norms = sum(isinstance(m, FrozenBatchNorm2d) for m in folded.modules())
+    assert sum(type(m) is FrozenBNConv2d for m in folded.modules()) == num_norms > 10
+    assert not any(type(m) is FrozenBNConv2d for m in plain.modules())
+    gen = torch.Generator().manual_seed(0)
+    for m in folded.modules():  # statistics far from the identity
+        if isinstance(m, FrozenBatchNorm2d):
+            for buf, (lo, hi) in zip(
+                (m.weight, m.bias, m.running_mean, m.running_var),
+                ((0.5, 2.0), (-0.5, 0.5), (-0.5, 0.5), (0.3, 3.0)),
+            ):
+                buf.copy_(torch.rand(buf.shape, generator=gen) * (hi - lo) + lo)
+    assert folded.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(folded.state_dict())
+
+    image = torch.randn(2, 3, 64, 96, generator=gen)
+    outputs = []
+    for model in (folded, plain):
+        model.train()
+        model.zero_grad()
+        feat = model.backbone(image)[model.feature_name]
+        head = model.roi_heads.res5(feat[:, :, :4, :4])
+        (feat.square().mean() + head.square().mean()).backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        outputs.append((feat.detach(), head.detach(), grads))
+    (f1, h1, g1), (f2, h2, g2) = outputs
+    assert torch.allclose(f1, f2, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(h1, h2, rtol=1e-4, atol=1e-5)
+    assert g1.keys() == g2.keys() and len(g1) > 10
+    for name in g1:
+        assert torch.allclose(g1[name], g2[name], rtol=1e-3, atol=1e-6), name

@@ -9,6 +9,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import ImageList, Instances
 from torch import Tensor
 
+from .fold_bn import fold_frozen_bn
 from .support import PrototypeSet, StalePrototypeError, support_fingerprint, weights_fingerprint
 
 
@@ -28,7 +29,12 @@ class FsodRCNN(GeneralizedRCNN):
 
     @configurable
     def __init__(
-        self, *, shared_proposals: bool = True, per_class_reference: bool = False, **kwargs
+        self,
+        *,
+        shared_proposals: bool = True,
+        per_class_reference: bool = False,
+        fold_bn: bool = True,
+        **kwargs,
     ):
         """
         Args:
@@ -36,11 +42,15 @@ class FsodRCNN(GeneralizedRCNN):
                 every class (ROI features once per box); False: each class keeps its own ROIs.
             per_class_reference: run each class separately in a loop (FewX-style benchmark
                 reference); the same outputs as ``shared_proposals=False``, only slower.
+            fold_bn: run each conv + FrozenBatchNorm as one convolution (see
+                :mod:`fsod_d2.modeling.fold_bn`); same weights and outputs, faster.
             kwargs: see :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
         self.shared_proposals = shared_proposals
         self.per_class_reference = per_class_reference
+        if fold_bn:
+            fold_frozen_bn(self)
         self.prototypes: Optional[PrototypeSet] = None
         rpn_features = list(self.proposal_generator.in_features)
         roi_features = list(self.roi_heads.in_features)
@@ -57,6 +67,7 @@ class FsodRCNN(GeneralizedRCNN):
         ret = super().from_config(cfg)
         ret["shared_proposals"] = cfg.MODEL.FSOD.SHARED_PROPOSALS
         ret["per_class_reference"] = cfg.MODEL.FSOD.PER_CLASS_REFERENCE
+        ret["fold_bn"] = cfg.MODEL.FSOD.FOLD_FROZEN_BN
         return ret
 
     # ------------------------------------------------------------------ supports
