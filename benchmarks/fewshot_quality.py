@@ -264,6 +264,31 @@ def plot_bars(summary: dict, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def plot_losses(report: dict, path: Path) -> None:
+    """Training loss curves (total and per term) of every base training in the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [k for k in ("fsod_base_training", "tfa_base_training") if report.get(k)]
+    fig, axes = plt.subplots(1, len(runs), figsize=(6.5 * len(runs), 4), squeeze=False)
+    for ax, key in zip(axes[0], runs):
+        rec = report[key]
+        n = rec.get("iterations") or 1
+        curves = {"total_loss": rec.get("loss_curve", []), **rec.get("loss_terms", {})}
+        for name, values in curves.items():
+            if values:
+                xs = np.linspace(0, n, len(values) + 1)[1:]
+                ax.plot(xs, values, label=name, lw=2 if name == "total_loss" else 1)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss (mean per chunk)")
+        ax.set_title(key.replace("_", " "))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
 def plot_detections(cfg, model, k, seed, path: Path, num: int = 6, thresh: float = 0.3) -> None:
     """Grid of val images with novel objects, detections of the K-shot model drawn."""
     import cv2
@@ -311,13 +336,22 @@ def main(argv=None) -> dict:
         default=15.0,
         help="training wall-clock budget per method (episodic and TFA base)",
     )
-    parser.add_argument("--finetune-iters", type=int, default=60)
+    parser.add_argument("--finetune-iters", type=int, default=120, help="ours, per K-shot set")
+    parser.add_argument(
+        "--tfa-finetune-iters", type=int, default=2000,
+        help="TFA's last-layer fine-tuning, per K-shot set (its novel rows start from scratch)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tfa-finetune-lr-scale", type=float, default=4.0,
+        help="TFA fine-tuning LR / base-training LR (only the box predictor trains)",
+    )  # fmt: skip
     parser.add_argument("--shots", nargs="+", type=int, default=[1, 5])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--num-train", type=int, default=1200)
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--skip-tfa", action="store_true")
+    parser.add_argument("--skip-fsod", action="store_true", help="baseline only (experiments)")
     parser.add_argument("--skip-finetune", action="store_true", help="no fine-tuning of ours")
     parser.add_argument("--eval-images", type=int, default=0, help="first N val images (0: all)")
     parser.add_argument("--fsod-weights", default="", help="reuse a base-trained FsodRCNN")
@@ -342,9 +376,12 @@ def main(argv=None) -> dict:
     report = {"machine": machine_info(), "args": vars(args), "data": info["stats"], "runs": []}
 
     # 1. episodic base training (or reuse of a model trained by an earlier run)
-    model, report["fsod_base_training"] = base_model(FsodTrainer, cfg, budget, args.fsod_weights)
-    base_weights = copy.deepcopy(unwrap_model(model).state_dict())
-    for k in args.shots:
+    if not args.skip_fsod:
+        model, report["fsod_base_training"] = base_model(
+            FsodTrainer, cfg, budget, args.fsod_weights
+        )
+        base_weights = copy.deepcopy(unwrap_model(model).state_dict())
+    for k in [] if args.skip_fsod else args.shots:
         for seed in args.seeds:
             for method, shuffle in (("fsod", False), ("fsod_shuffled", True)):
                 if shuffle and k != max(args.shots):
@@ -353,12 +390,12 @@ def main(argv=None) -> dict:
                 m = eval_fsod(cfg, model, k, seed, str(work / method), shuffle)
                 report["runs"].append({"method": method, "k": k, "seed": seed, **m})
                 logger.info("%s K=%d seed=%d: %s", method, k, seed, m)
-    plot_detections(
-        cfg, model, max(args.shots), args.seeds[0], out_dir / "fewshot_quality_detections.png"
-    )
+    if not args.skip_fsod:
+        path = out_dir / "fewshot_quality_detections.png"
+        plot_detections(cfg, model, max(args.shots), args.seeds[0], path)
 
     # 2. fine-tuning stage of the episodic model on each K-shot set
-    for k in [] if args.skip_finetune else args.shots:
+    for k in [] if args.skip_finetune or args.skip_fsod else args.shots:
         for seed in args.seeds:
             ft = finetune_cfg(cfg, k, seed, args.finetune_iters, 0.2, work / "fsod_ft")
             ft.FSOD.K_SHOT = k
@@ -379,7 +416,14 @@ def main(argv=None) -> dict:
         TFAFinetuneTrainer.novel_ids = list(MetadataCatalog.get(VAL).novel_ids)
         for k in args.shots:
             for seed in args.seeds:
-                ft = finetune_cfg(tfa, k, seed, args.finetune_iters, 0.5, work / "tfa_ft")
+                ft = finetune_cfg(
+                    tfa,
+                    k,
+                    seed,
+                    args.tfa_finetune_iters,
+                    args.tfa_finetune_lr_scale,
+                    work / "tfa_ft",
+                )
                 ft_trainer = TFAFinetuneTrainer(ft)
                 ft_trainer.train()
                 ft_trainer.model.eval()
@@ -392,6 +436,7 @@ def main(argv=None) -> dict:
     report["wall_seconds"] = time.perf_counter() - t0
     path = save_json("fewshot_quality", report, out_dir)
     plot_bars(report["summary"], out_dir / "fewshot_quality.png")
+    plot_losses(report, out_dir / "fewshot_quality_losses.png")
     logger.info("summary:\n%s", json.dumps(report["summary"], indent=1))
     logger.info(
         "targets: %s; wall %.1f min; %s", report["targets"], report["wall_seconds"] / 60, path
@@ -407,18 +452,31 @@ def base_model(trainer_cls, cfg, budget_s: float, weights: str = ""):
         DetectionCheckpointer(model).load(weights)
         return model, previous_training(weights)
     trainer, iters, secs = train_within_budget(trainer_cls, cfg, budget_s)
-    record = {"iterations": iters, "seconds": secs, "loss_curve": loss_curve(trainer)}
+    record = {
+        "iterations": iters,
+        "seconds": secs,
+        "loss_curve": loss_curve(trainer),
+        "loss_terms": {
+            key: loss_curve(trainer, key)
+            for key in sorted(trainer.storage.histories())
+            if key.startswith("loss_")
+        },
+    }
     if hasattr(trainer, "throughput"):
         record["throughput"] = trainer.throughput.summary()
     return trainer.model, record
 
 
 def finetune_cfg(cfg, k: int, seed: int, iters: int, lr_scale: float, out_prefix: Path):
-    """Fine-tuning on the seed's K-shot set of every class: constant LR, no checkpoints."""
-    ft = cfg.clone()
+    """Fine-tuning on the seed's K-shot set of every class: ``iters`` iterations at
+    ``lr_scale`` x the base LR (both after SOLVER.REFERENCE_WORLD_SIZE scaling, as in base
+    training), constant LR, no checkpoints."""
+    ft = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+    ft.defrost()
+    ft.SOLVER.REFERENCE_WORLD_SIZE = 0
     ft.DATASETS.TRAIN = (kshot_name(k, seed),)
     ft.SOLVER.MAX_ITER = iters
-    ft.SOLVER.BASE_LR = cfg.SOLVER.BASE_LR * lr_scale
+    ft.SOLVER.BASE_LR = ft.SOLVER.BASE_LR * lr_scale
     ft.SOLVER.STEPS = ()
     ft.SOLVER.WARMUP_ITERS = 0
     ft.SOLVER.CHECKPOINT_PERIOD = 10**9
@@ -431,10 +489,12 @@ def previous_training(weights: str) -> dict:
     metrics = Path(weights).with_name("metrics.json")
     lines = metrics.read_text().splitlines() if metrics.exists() else []
     rows = [r for r in map(json.loads, lines) if "total_loss" in r]
+    terms = sorted({k for r in rows for k in r if k.startswith("loss_")})
     return {
         "weights": str(weights),
         "iterations": rows[-1]["iteration"] + 1 if rows else None,
         "loss_curve": [r["total_loss"] for r in rows],
+        "loss_terms": {k: [r[k] for r in rows if k in r] for k in terms},
     }
 
 

@@ -9,13 +9,22 @@ import subprocess
 
 import pytest
 
-from benchmarks import plots, profile_train_step, train_throughput
+from benchmarks import (
+    fewshot_ablation,
+    fewshot_quality,
+    plots,
+    profile_train_step,
+    train_throughput,
+)
+
+from .common import get_tiny_cfg
 
 
 @pytest.fixture(scope="module")
 def throughput(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     args = ["--quick", "--out-dir", str(out), "--isolate", "never", "--procs", "1", "2"]
+    args += ["--unfolded"]
     # one sweep point per dimension, all equal to the headline: exercises the plot, no extra run
     args += ["--sweeps", "tiny", "--sweep-ways", "5", "--sweep-shots", "3", "--sweep-sizes", "64"]
     results = train_throughput.main(args)
@@ -30,9 +39,10 @@ def test_throughput_json_fields(throughput):
     assert not saved.get("failed") and not saved.get("skipped")
     head, ddp, point = saved["cases"]
     assert (head["config"], head["n_way"], head["k_shot"], head["procs"]) == ("tiny", 5, 3, 1)
-    assert set(head["modes"]) == {"batched", "per_class", "batched_fast"}
+    assert set(head["modes"]) == {"batched", "per_class", "batched_fast", "batched_unfolded"}
     assert head["same_weights"] is True
     assert head["per_class_over_batched"] > 0 and head["fast_speedup"] > 0
+    assert head["fold_speedup"] > 0
     assert head["images_per_episode"] == 1 + 5 * 3 and head["iters"] == 2
     for case in (head, ddp):
         for v in case["modes"].values():
@@ -63,7 +73,7 @@ def test_throughput_plot_and_table(throughput):
     png = out / "train_throughput.png"
     assert png.is_file() and png.stat().st_size > 1000
     rows = plots.markdown_table(results).splitlines()
-    assert len(rows) == 2 + 3 + 1  # header, rule; head x 3 modes; 2 processes
+    assert len(rows) == 2 + 4 + 1  # header, rule; head x 4 modes; 2 processes
     assert "per_class" in rows[3] and "x wall" in rows[3]
 
 
@@ -103,3 +113,41 @@ def _repo():
     from benchmarks.common import REPO
 
     return REPO
+
+
+def test_fewshot_quality_smoke(tmp_path, monkeypatch):
+    """A minutes-long benchmark shrunk to seconds: every method runs, the JSON has a row per
+    (method, K, seed), the targets are computed from them, and the plots are written."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
+    out = tmp_path / "out"
+    argv = ["--budget-min", "0.01", "--finetune-iters", "2", "--tfa-finetune-iters", "2"]
+    argv += ["--shots", "1", "2"]
+    argv += ["--seeds", "0", "--num-train", "120", "--num-val", "6", "--out-dir", str(out)]
+    report = fewshot_quality.main(argv + ["SOLVER.IMS_PER_BATCH", "2"])
+    saved = json.loads((out / "fewshot_quality.json").read_text())
+    runs = {(r["method"], r["k"]) for r in saved["runs"]}
+    expected = {("fsod", 1), ("fsod", 2), ("fsod_shuffled", 2), ("fsod_finetuned", 1)}
+    assert expected | {("fsod_finetuned", 2), ("tfa", 1), ("tfa", 2)} == runs
+    assert all(0 <= r["nAP50"] <= 100 for r in saved["runs"])
+    assert set(report["targets"]) >= {"vs_shuffled_ratio", "meets_3x_shuffled", "meets_tfa"}
+    training = saved["fsod_base_training"]
+    assert training["iterations"] >= 15 and "loss_match" in training["loss_terms"]
+    for name in ("fewshot_quality", "fewshot_quality_losses", "fewshot_quality_detections"):
+        assert (out / f"{name}.png").stat().st_size > 1000
+
+
+def test_fewshot_ablation_arms_are_valid_overrides_and_table():
+    for opts, factor in fewshot_ablation.ARMS.values():
+        get_tiny_cfg(*opts)  # raises on a key that does not exist
+        assert 0 < factor <= 1
+    stats = {"mean": 1.5, "std": 0.25, "n": 3}
+    arm = {
+        "overrides": ["FSOD.N_WAY", "2"],
+        "budget_min": 2.0,
+        "iterations": 100,
+        "final_losses": {"loss_match": 0.3, "loss_box_reg": 0.4},
+        "fsod": {"nAP50": stats, "nAP": stats, "bAP": stats},
+        "fsod_shuffled": {"nAP50": stats},
+    }
+    rows = fewshot_ablation.table({"arms": {"2_way": arm}}).splitlines()
+    assert len(rows) == 3 and "| 2_way | FSOD.N_WAY 2 | 2 | 100 | 1.50 ± 0.25 |" in rows[2]
