@@ -225,9 +225,30 @@ def summarize(runs: list) -> dict:
                 "std": float(np.nanstd([r[m] for r in rs])),
                 "n": len(rs),
             }
-            for m in ("nAP", "nAP50", "bAP", "AP")
+            for m in ("nAP", "nAP50", "bAP", "bAP50", "AP")
         }
     return out
+
+
+def markdown_table(report: dict) -> str:
+    """Mean ± std over seeds per method and K (COCO AP in %), as in benchmarks/README.md."""
+    metrics = ("nAP50", "nAP", "bAP50", "bAP")
+    rows = [
+        "| method | K | seeds | " + " | ".join(metrics) + " |",
+        "|---|---|---|" + "---|" * len(metrics),
+    ]
+    order = ("fsod", "fsod_shuffled", "fsod_finetuned", "tfa")
+    keys = sorted(report["summary"], key=lambda k: (order.index(k.split("@")[0]), k))
+    for key in keys:
+        stats = report["summary"][key]
+        method, k = key.split("@")
+        cells = [
+            f"{stats[m]['mean']:.2f} ± {stats[m]['std']:.2f}" if m in stats else "-"
+            for m in metrics
+        ]
+        n = next(iter(stats.values()))["n"]
+        rows.append(f"| {method} | {k.removesuffix('shot')} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def plot_bars(summary: dict, path: Path) -> None:
@@ -357,9 +378,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--fsod-weights", default="", help="reuse a base-trained FsodRCNN")
     parser.add_argument("--tfa-weights", default="", help="reuse a base-trained Faster R-CNN")
     parser.add_argument("--out-dir", default=None)
+    parser.add_argument(
+        "--table", action="store_true", help="print the Markdown table of the JSON in --out-dir"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (ablations)")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir or os.environ.get("FSOD_BENCH_OUT", REPO / "benchmarks/results"))
+    if args.table:
+        print(markdown_table(json.loads((out_dir / "fewshot_quality.json").read_text())))
+        return {}
     work = out_dir / "fewshot_quality_work"
     setup_logger(name="fsod_d2")
     setup_logger(name="detectron2", abbrev_name="d2")
@@ -437,7 +464,7 @@ def main(argv=None) -> dict:
     path = save_json("fewshot_quality", report, out_dir)
     plot_bars(report["summary"], out_dir / "fewshot_quality.png")
     plot_losses(report, out_dir / "fewshot_quality_losses.png")
-    logger.info("summary:\n%s", json.dumps(report["summary"], indent=1))
+    logger.info("summary:\n%s", markdown_table(report))
     logger.info(
         "targets: %s; wall %.1f min; %s", report["targets"], report["wall_seconds"] / 60, path
     )

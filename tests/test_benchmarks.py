@@ -130,6 +130,8 @@ def test_fewshot_quality_smoke(tmp_path, monkeypatch):
     assert expected | {("fsod_finetuned", 2), ("tfa", 1), ("tfa", 2)} == runs
     assert all(0 <= r["nAP50"] <= 100 for r in saved["runs"])
     assert set(report["targets"]) >= {"vs_shuffled_ratio", "meets_3x_shuffled", "meets_tfa"}
+    table = fewshot_quality.markdown_table(saved).splitlines()
+    assert len(table) == 2 + 7 and table[2].startswith("| fsod | 1 | 1 |")
     training = saved["fsod_base_training"]
     assert training["iterations"] >= 15 and "loss_match" in training["loss_terms"]
     for name in ("fewshot_quality", "fewshot_quality_losses", "fewshot_quality_detections"):
