@@ -14,11 +14,13 @@ categories on real photos, strong intra-class variation, occluding clutter), the
 The K-shot draw of a seed (a TFA-style split of the train set) is the only novel-class data any
 method sees: supports are drawn from it, and fine-tuning trains on it.
 
-Writes ``fewshot_quality.json`` (nAP, nAP50, bAP per method, K and seed, plus means), a bar
-chart and a grid of detections on novel classes.
+Writes ``fewshot_quality.json`` (nAP, nAP50, bAP, bAP50 per method, K and seed, plus means,
+targets and per-term loss curves), a bar chart, the loss curves and a grid of detections on
+novel classes. Results and their analysis: benchmarks/README.md, *Few-shot quality*.
 
-    python benchmarks/fewshot_quality.py                          # full run, see --budget-min
+    python benchmarks/fewshot_quality.py --budget-min 15          # full run, ~50 min on 2 cores
     python benchmarks/fewshot_quality.py --budget-min 1 --seeds 0 --shots 1 --finetune-iters 5
+    python benchmarks/fewshot_quality.py --table                  # Markdown table of the JSON
 """
 
 import argparse

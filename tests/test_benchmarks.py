@@ -4,6 +4,7 @@ fields the README and plots read. No timing assertions (the CI machine is shared
 import argparse
 import dataclasses
 import json
+import logging
 import shutil
 import subprocess
 
@@ -81,7 +82,7 @@ def test_plan_is_a_star_around_the_headline():
     args = argparse.Namespace(
         configs=["tiny"], ways_shots=["5x3", "5x4"], support_sizes=[320, 384],
         rpn=["early", "late"], procs=[1, 2], ims_per_batch=[1], amp="off",
-        reference="headline", fast="compare",
+        reference="headline", fast="compare", unfolded=False,
         sweeps=["tiny"], sweep_ways=[1, 5], sweep_shots=[3], sweep_sizes=[384],
     )  # fmt: skip
     cases, sweeps, star = train_throughput.plan(args)
@@ -115,7 +116,20 @@ def _repo():
     return REPO
 
 
-def test_fewshot_quality_smoke(tmp_path, monkeypatch):
+@pytest.fixture
+def restore_loggers():
+    """fewshot_quality.main calls detectron2's setup_logger, which stops the "fsod_d2" and
+    "detectron2" loggers from propagating (caplog in later tests would see nothing)."""
+    loggers = [logging.getLogger(n) for n in ("fsod_d2", "detectron2", "d2")]
+    saved = [(lg, lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
+    yield
+    for lg, handlers, propagate, level in saved:
+        lg.handlers[:] = handlers
+        lg.propagate = propagate
+        lg.setLevel(level)
+
+
+def test_fewshot_quality_smoke(tmp_path, monkeypatch, restore_loggers):
     """A minutes-long benchmark shrunk to seconds: every method runs, the JSON has a row per
     (method, K, seed), the targets are computed from them, and the plots are written."""
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
