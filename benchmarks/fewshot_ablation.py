@@ -8,7 +8,8 @@ the model or the episodes:
 * support size: crops at a larger size than the config's;
 * N-way: fewer / more classes per training episode;
 * episodes: half the training budget;
-* RPN conditioning: ``late`` instead of the paper's ``early``.
+* RPN conditioning: ``late`` instead of the paper's ``early``;
+* loss: the class-contrast term (foreground ROIs against all N prototypes of their episode).
 
 Writes ``fewshot_ablation.json`` (every arm's summary, iterations and final loss terms; saved
 after each arm) and prints a Markdown table (also ``--table`` from an existing JSON).
@@ -42,6 +43,7 @@ ARMS = {
     "8_way": (["FSOD.N_WAY", "8"], 1.0),
     "half_episodes": ([], 0.5),
     "rpn_late": (["MODEL.FSOD.RPN_CONDITIONING", "late"], 1.0),
+    "class_contrast": (["MODEL.FSOD.CLASS_CONTRAST_WEIGHT", "1.0"], 1.0),
 }
 
 

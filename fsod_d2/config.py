@@ -34,6 +34,9 @@ def _add_model_config(cfg: CN) -> None:
     m.PAIR_SAMPLING_RATIO = [1.0, 2.0, 1.0]
     m.MATCH_LOSS_WEIGHT = 1.0  # weight of the binary match (classification) loss
     m.BOX_LOSS_WEIGHT = 1.0  # weight of the class-agnostic box regression loss
+    # Weight of an extra loss that contrasts the episode's classes: every foreground ROI scored
+    # against all N prototypes of its episode, cross-entropy on its true class (0 = off).
+    m.CLASS_CONTRAST_WEIGHT = 0.0
     # True: proposals of all classes are merged per image (best class per anchor, one NMS) and
     # every ROI is paired with every class, so res5 runs once per box. False: each class keeps
     # its own proposals and ROIs (paper / FewX).

@@ -155,6 +155,7 @@ class MultiRelationROIHeads(Res5ROIHeads):
         test_detections_per_img: int,
         match_loss_weight: float,
         box_loss_weight: float,
+        class_contrast_weight: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -176,6 +177,8 @@ class MultiRelationROIHeads(Res5ROIHeads):
         self.test_nms_thresh = test_nms_thresh
         self.test_detections_per_img = test_detections_per_img
         self.loss_weights = {"loss_match": match_loss_weight, "loss_box_reg": box_loss_weight}
+        if class_contrast_weight > 0:
+            self.loss_weights["loss_class_contrast"] = class_contrast_weight
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -203,6 +206,7 @@ class MultiRelationROIHeads(Res5ROIHeads):
         ret["test_detections_per_img"] = cfg.TEST.DETECTIONS_PER_IMAGE
         ret["match_loss_weight"] = m.MATCH_LOSS_WEIGHT
         ret["box_loss_weight"] = m.BOX_LOSS_WEIGHT
+        ret["class_contrast_weight"] = m.CLASS_CONTRAST_WEIGHT
         return ret
 
     # ------------------------------------------------------------------ supports
@@ -243,7 +247,7 @@ class MultiRelationROIHeads(Res5ROIHeads):
     def _forward_train(self, features, proposals, prototypes, targets):
         num_classes = prototypes.shape[1]
         sampled_boxes, pair_boxes, pair_classes, pair_labels = [], [], [], []
-        reg_targets, reg_boxes_idx = [], []
+        reg_targets, reg_boxes_idx, fg_classes = [], [], []
         offset = 0
         for b, (props, tgt) in enumerate(zip(proposals, targets)):
             boxes, ri, ci, labels, matched_gt, fg = self._label_and_sample_pairs(
@@ -258,6 +262,7 @@ class MultiRelationROIHeads(Res5ROIHeads):
             fg_u = fg[uniq]
             reg_boxes_idx.append(torch.nonzero(fg_u).squeeze(1) + offset)
             reg_targets.append(tgt.gt_boxes.tensor[matched_gt[uniq][fg_u]])
+            fg_classes.append(tgt.gt_classes[matched_gt[uniq][fg_u]] + b * num_classes)
             offset += len(uniq)
 
         x, q = self._roi_embeddings(features, sampled_boxes)
@@ -280,7 +285,22 @@ class MultiRelationROIHeads(Res5ROIHeads):
             smooth_l1_beta=self.smooth_l1_beta,
         ) / max(offset, 1)
         losses = {"loss_match": loss_match, "loss_box_reg": loss_box}
+        if "loss_class_contrast" in self.loss_weights:
+            losses["loss_class_contrast"] = self._class_contrast_loss(
+                q, s, fg_idx, cat(fg_classes), num_classes
+            )
         return {k: v * self.loss_weights[k] for k, v in losses.items()}
+
+    def _class_contrast_loss(self, q, s, fg_idx: Tensor, fg_classes: Tensor, num_classes: int):
+        """Cross-entropy of each foreground ROI over the N classes of its episode: which of
+        the prototypes is this object? (``fg_classes``: row of the true class in ``s``)."""
+        if fg_idx.numel() == 0:
+            return sum(v.sum() for v in s.values()) * 0.0  # keeps the graph, no signal
+        first = fg_classes - fg_classes % num_classes  # row of the episode's class 0
+        qi = fg_idx.repeat_interleave(num_classes)
+        si = (first[:, None] + torch.arange(num_classes, device=first.device)).reshape(-1)
+        logits = self.relation(q, s, qi, si).view(-1, num_classes)
+        return F.cross_entropy(logits, fg_classes % num_classes)
 
     @torch.no_grad()
     def _label_and_sample_pairs(self, props: Instances, tgt: Instances, num_classes: int):
