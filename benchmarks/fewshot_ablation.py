@@ -111,6 +111,7 @@ def main(argv=None) -> dict:
         "--out-dir", default=os.environ.get("FSOD_BENCH_OUT", str(REPO / "benchmarks/results"))
     )
     parser.add_argument("--table", action="store_true", help="print the table of the JSON")
+    parser.add_argument("--append", action="store_true", help="add the arms to the JSON's")
     args = parser.parse_args(argv)
     path = Path(args.out_dir) / "fewshot_ablation.json"
     if args.table:
@@ -118,6 +119,11 @@ def main(argv=None) -> dict:
         print(table(results))
         return results
     results = {"machine": machine_info(), "args": vars(args), "arms": {}}
+    if args.append and path.exists():
+        results = json.loads(path.read_text())
+        results.setdefault("appended_runs", []).append(
+            {"machine": machine_info(), "args": vars(args)}
+        )
     for name in args.arms:
         results["arms"][name] = run_arm(name, args)
         save_json("fewshot_ablation", results, args.out_dir)
