@@ -99,13 +99,19 @@ def _median_step_seconds(trainer) -> float:
     return float(np.median(times))
 
 
-def train_within_budget(trainer_cls, cfg, budget_s: float, calib_iters: int = 15):
-    """Time a few steps, then train a fresh model for as many iterations as fit ``budget_s``
-    (LR steps at 80% and 95% of them). Returns (trainer, iterations, seconds)."""
-    # apply SOLVER.REFERENCE_WORLD_SIZE scaling now, so the iterations computed are the ones run
+def scaled_for_world_size(cfg):
+    """``cfg`` with SOLVER.REFERENCE_WORLD_SIZE scaling applied now (batch, LR, schedule), so
+    that iteration counts and LRs set afterwards are the ones that run."""
     cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
     cfg.defrost()
     cfg.SOLVER.REFERENCE_WORLD_SIZE = 0
+    return cfg
+
+
+def train_within_budget(trainer_cls, cfg, budget_s: float, calib_iters: int = 15):
+    """Time a few steps, then train a fresh model for as many iterations as fit ``budget_s``
+    (LR steps at 80% and 95% of them). Returns (trainer, iterations, seconds)."""
+    cfg = scaled_for_world_size(cfg)
     calib = cfg.clone()
     calib.SOLVER.MAX_ITER = calib_iters
     calib.SOLVER.CHECKPOINT_PERIOD = 10**9
@@ -404,61 +410,10 @@ def main(argv=None) -> dict:
     budget = args.budget_min * 60
     report = {"machine": machine_info(), "args": vars(args), "data": info["stats"], "runs": []}
 
-    # 1. episodic base training (or reuse of a model trained by an earlier run)
     if not args.skip_fsod:
-        model, report["fsod_base_training"] = base_model(
-            FsodTrainer, cfg, budget, args.fsod_weights
-        )
-        base_weights = copy.deepcopy(unwrap_model(model).state_dict())
-    for k in [] if args.skip_fsod else args.shots:
-        for seed in args.seeds:
-            for method, shuffle in (("fsod", False), ("fsod_shuffled", True)):
-                if shuffle and k != max(args.shots):
-                    continue
-                torch.manual_seed(seed)
-                m = eval_fsod(cfg, model, k, seed, str(work / method), shuffle)
-                report["runs"].append({"method": method, "k": k, "seed": seed, **m})
-                logger.info("%s K=%d seed=%d: %s", method, k, seed, m)
-    if not args.skip_fsod:
-        path = out_dir / "fewshot_quality_detections.png"
-        plot_detections(cfg, model, max(args.shots), args.seeds[0], path)
-
-    # 2. fine-tuning stage of the episodic model on each K-shot set
-    for k in [] if args.skip_finetune or args.skip_fsod else args.shots:
-        for seed in args.seeds:
-            ft = finetune_cfg(cfg, k, seed, args.finetune_iters, 0.2, work / "fsod_ft")
-            ft.FSOD.K_SHOT = k
-            ft_trainer = FsodTrainer(ft)
-            unwrap_model(ft_trainer.model).load_state_dict(base_weights)
-            ft_trainer.train()
-            m = eval_fsod(ft, ft_trainer.model, k, seed, ft.OUTPUT_DIR)
-            report["runs"].append({"method": "fsod_finetuned", "k": k, "seed": seed, **m})
-            logger.info("fsod_finetuned K=%d seed=%d: %s", k, seed, m)
-
-    # 3. TFA-style baseline: Faster R-CNN on base classes, then last-layer K-shot fine-tuning
+        run_fsod(args, cfg, budget, work, out_dir, report)
     if not args.skip_tfa:
-        tfa = tfa_cfg(cfg, work)
-        tfa_model, report["tfa_base_training"] = base_model(
-            BaselineTrainer, tfa, budget, args.tfa_weights
-        )
-        TFAFinetuneTrainer.base_weights = copy.deepcopy(tfa_model.state_dict())
-        TFAFinetuneTrainer.novel_ids = list(MetadataCatalog.get(VAL).novel_ids)
-        for k in args.shots:
-            for seed in args.seeds:
-                ft = finetune_cfg(
-                    tfa,
-                    k,
-                    seed,
-                    args.tfa_finetune_iters,
-                    args.tfa_finetune_lr_scale,
-                    work / "tfa_ft",
-                )
-                ft_trainer = TFAFinetuneTrainer(ft)
-                ft_trainer.train()
-                ft_trainer.model.eval()
-                m = evaluate(ft, ft_trainer.model, ft.OUTPUT_DIR)
-                report["runs"].append({"method": "tfa", "k": k, "seed": seed, **m})
-                logger.info("tfa K=%d seed=%d: %s", k, seed, m)
+        run_tfa(args, cfg, budget, work, report)
 
     report["summary"] = summarize(report["runs"])
     report["targets"] = targets(report["summary"], max(args.shots))
@@ -471,6 +426,57 @@ def main(argv=None) -> dict:
         "targets: %s; wall %.1f min; %s", report["targets"], report["wall_seconds"] / 60, path
     )
     return report
+
+
+def run_fsod(args, cfg, budget: float, work: Path, out_dir: Path, report: dict) -> None:
+    """FsodRCNN: base training (or reuse), K-shot evaluation with own and shuffled supports,
+    the detection grid, then our fine-tuning stage; rows appended to ``report["runs"]``."""
+    model, report["fsod_base_training"] = base_model(FsodTrainer, cfg, budget, args.fsod_weights)
+    base_weights = copy.deepcopy(unwrap_model(model).state_dict())
+    for k in args.shots:
+        for seed in args.seeds:
+            for method, shuffle in (("fsod", False), ("fsod_shuffled", True)):
+                if shuffle and k != max(args.shots):
+                    continue
+                torch.manual_seed(seed)
+                m = eval_fsod(cfg, model, k, seed, str(work / method), shuffle)
+                report["runs"].append({"method": method, "k": k, "seed": seed, **m})
+                logger.info("%s K=%d seed=%d: %s", method, k, seed, m)
+    path = out_dir / "fewshot_quality_detections.png"
+    plot_detections(cfg, model, max(args.shots), args.seeds[0], path)
+
+    for k in [] if args.skip_finetune else args.shots:
+        for seed in args.seeds:
+            ft = finetune_cfg(cfg, k, seed, args.finetune_iters, 0.2, work / "fsod_ft")
+            ft.FSOD.K_SHOT = k
+            ft_trainer = FsodTrainer(ft)
+            unwrap_model(ft_trainer.model).load_state_dict(base_weights)
+            ft_trainer.train()
+            m = eval_fsod(ft, ft_trainer.model, k, seed, ft.OUTPUT_DIR)
+            report["runs"].append({"method": "fsod_finetuned", "k": k, "seed": seed, **m})
+            logger.info("fsod_finetuned K=%d seed=%d: %s", k, seed, m)
+
+
+def run_tfa(args, cfg, budget: float, work: Path, report: dict) -> None:
+    """TFA-style baseline: Faster R-CNN on the base classes (or reuse), then last-layer
+    fine-tuning on each K-shot set and evaluation; rows appended to ``report["runs"]``."""
+    tfa = tfa_cfg(cfg, work)
+    tfa_model, report["tfa_base_training"] = base_model(
+        BaselineTrainer, tfa, budget, args.tfa_weights
+    )
+    TFAFinetuneTrainer.base_weights = copy.deepcopy(tfa_model.state_dict())
+    TFAFinetuneTrainer.novel_ids = list(MetadataCatalog.get(VAL).novel_ids)
+    for k in args.shots:
+        for seed in args.seeds:
+            ft = finetune_cfg(
+                tfa, k, seed, args.tfa_finetune_iters, args.tfa_finetune_lr_scale, work / "tfa_ft"
+            )
+            ft_trainer = TFAFinetuneTrainer(ft)
+            ft_trainer.train()
+            ft_trainer.model.eval()
+            m = evaluate(ft, ft_trainer.model, ft.OUTPUT_DIR)
+            report["runs"].append({"method": "tfa", "k": k, "seed": seed, **m})
+            logger.info("tfa K=%d seed=%d: %s", k, seed, m)
 
 
 def base_model(trainer_cls, cfg, budget_s: float, weights: str = ""):
@@ -500,9 +506,7 @@ def finetune_cfg(cfg, k: int, seed: int, iters: int, lr_scale: float, out_prefix
     """Fine-tuning on the seed's K-shot set of every class: ``iters`` iterations at
     ``lr_scale`` x the base LR (both after SOLVER.REFERENCE_WORLD_SIZE scaling, as in base
     training), constant LR, no checkpoints."""
-    ft = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-    ft.defrost()
-    ft.SOLVER.REFERENCE_WORLD_SIZE = 0
+    ft = scaled_for_world_size(cfg)
     ft.DATASETS.TRAIN = (kshot_name(k, seed),)
     ft.SOLVER.MAX_ITER = iters
     ft.SOLVER.BASE_LR = ft.SOLVER.BASE_LR * lr_scale
