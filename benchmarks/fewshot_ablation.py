@@ -9,7 +9,9 @@ the model or the episodes:
 * N-way: fewer / more classes per training episode;
 * episodes: half the training budget;
 * RPN conditioning: ``late`` instead of the paper's ``early``;
-* loss: the class-contrast term (foreground ROIs against all N prototypes of their episode).
+* loss: the class-contrast term (foreground ROIs against all N prototypes of their episode);
+  the auxiliary base-class classifier (supports and query boxes over the dataset's classes);
+* combined: the changes that helped alone, together.
 
 Writes ``fewshot_ablation.json`` (every arm's summary, iterations and final loss terms; saved
 after each arm) and prints a Markdown table (also ``--table`` from an existing JSON).
@@ -44,6 +46,14 @@ ARMS = {
     "half_episodes": ([], 0.5),
     "rpn_late": (["MODEL.FSOD.RPN_CONDITIONING", "late"], 1.0),
     "class_contrast": (["MODEL.FSOD.CLASS_CONTRAST_WEIGHT", "1.0"], 1.0),
+    "base_classifier": (["MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", "1.0"], 1.0),
+    # the changes that helped alone, together
+    "combined": (
+        ["FSOD.SUPPORT.SIZE", "128", "FSOD.SUPPORT.CONTEXT", "8"]
+        + ["MODEL.FSOD.RPN_CONDITIONING", "late", "MODEL.FSOD.CLASS_CONTRAST_WEIGHT", "1.0"]
+        + ["MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", "1.0"],
+        1.0,
+    ),
 }
 
 

@@ -37,6 +37,15 @@ def _add_model_config(cfg: CN) -> None:
     # Weight of an extra loss that contrasts the episode's classes: every foreground ROI scored
     # against all N prototypes of its episode, cross-entropy on its true class (0 = off).
     m.CLASS_CONTRAST_WEIGHT = 0.0
+    # Auxiliary base-class classifier, training only: a linear layer on the pooled res5 features
+    # of every support crop and every query ground-truth box, cross-entropy over the dataset's
+    # classes. It gives a from-scratch backbone the discriminative many-way signal that a plain
+    # detector's classifier gets (the binary match loss alone learns features slowly); it is not
+    # used at inference, so novel classes still need only supports. WEIGHT 0 = off.
+    m.BASE_CLASSIFIER = CN()
+    m.BASE_CLASSIFIER.WEIGHT = 0.0
+    # classes of the classifier; 0 = len(thing_classes) of DATASETS.TRAIN[0]'s metadata
+    m.BASE_CLASSIFIER.NUM_CLASSES = 0
     # True: proposals of all classes are merged per image (best class per anchor, one NMS) and
     # every ROI is paired with every class, so res5 runs once per box. False: each class keeps
     # its own proposals and ROIs (paper / FewX).

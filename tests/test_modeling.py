@@ -318,3 +318,42 @@ def test_class_contrast_loss_trains_the_relation_to_pick_the_episode_class():
             history.append(losses["loss_class_contrast"].item())
     first, last = float(np.mean(history[:5])), float(np.mean(history[-5:]))
     assert last * 3 <= first, f"class-contrast loss {first:.3f} -> {last:.3f}"
+
+
+def test_base_classifier_loss_trains_and_is_training_only():
+    """MODEL.FSOD.BASE_CLASSIFIER: supports and query gt boxes classified over the dataset's
+    classes (loss_base_cls); the backbone gets its gradient; inference ignores the head."""
+    model = _model(
+        "MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", 1.0, "MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES", 4
+    )
+    assert model.base_classifier.out_features == 4
+    model.train()
+    batch = _batch(get_tiny_cfg(), seed=3)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    history = []
+    torch.manual_seed(0)
+    with EventStorage(0):
+        for step in range(40):
+            losses = model(batch)
+            opt.zero_grad()
+            sum(losses.values()).backward()
+            if step == 0:
+                assert set(losses) >= {"loss_match", "loss_base_cls"}
+                assert model.base_classifier.weight.grad.abs().sum() > 0
+                missing = [n for n, p in model.named_parameters() if p.grad is None]
+                assert not missing, f"parameters without gradient: {missing}"
+            opt.step()
+            history.append(losses["loss_base_cls"].item())
+    first, last = float(np.mean(history[:5])), float(np.mean(history[-5:]))
+    assert last * 3 <= first, f"base-class loss {first:.3f} -> {last:.3f}"
+    _set_prototypes(model)
+    model.eval()
+    image, _ = synthetic_query(np.random.default_rng(1), [0, 2])
+    with torch.no_grad():
+        out = model([{"image": image}])
+    assert len(out) == 1 and isinstance(out[0]["instances"], Instances)
+
+
+def test_base_classifier_without_class_count_names_the_keys():
+    with pytest.raises(ValueError, match="BASE_CLASSIFIER.NUM_CLASSES"):
+        _model("MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", 1.0, "DATASETS.TRAIN", ("not_registered",))

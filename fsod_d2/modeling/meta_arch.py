@@ -4,10 +4,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
 from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import ImageList, Instances
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .fold_bn import fold_frozen_bn
 from .support import PrototypeSet, StalePrototypeError, support_fingerprint, weights_fingerprint
@@ -34,6 +36,8 @@ class FsodRCNN(GeneralizedRCNN):
         shared_proposals: bool = True,
         per_class_reference: bool = False,
         fold_bn: bool = True,
+        base_classifier: Optional[nn.Linear] = None,
+        base_classifier_weight: float = 0.0,
         **kwargs,
     ):
         """
@@ -44,9 +48,15 @@ class FsodRCNN(GeneralizedRCNN):
                 reference); the same outputs as ``shared_proposals=False``, only slower.
             fold_bn: run each conv + FrozenBatchNorm as one convolution (see
                 :mod:`fsod_d2.modeling.fold_bn`); same weights and outputs, faster.
+            base_classifier: training only: linear layer from pooled ROI features to dataset
+                class ids, applied to every support crop and query ground-truth box
+                (``loss_base_cls``); None = no such loss.
+            base_classifier_weight: weight of ``loss_base_cls``.
             kwargs: see :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
+        self.base_classifier = base_classifier
+        self.base_classifier_weight = base_classifier_weight
         self.shared_proposals = shared_proposals
         self.per_class_reference = per_class_reference
         if fold_bn:
@@ -68,6 +78,11 @@ class FsodRCNN(GeneralizedRCNN):
         ret["shared_proposals"] = cfg.MODEL.FSOD.SHARED_PROPOSALS
         ret["per_class_reference"] = cfg.MODEL.FSOD.PER_CLASS_REFERENCE
         ret["fold_bn"] = cfg.MODEL.FSOD.FOLD_FROZEN_BN
+        aux = cfg.MODEL.FSOD.BASE_CLASSIFIER
+        if aux.WEIGHT > 0:
+            channels = ret["roi_heads"].res5[-1].out_channels
+            ret["base_classifier"] = nn.Linear(channels, _base_classifier_classes(cfg))
+            ret["base_classifier_weight"] = aux.WEIGHT
         return ret
 
     # ------------------------------------------------------------------ supports
@@ -150,13 +165,19 @@ class FsodRCNN(GeneralizedRCNN):
             return self.inference(batched_inputs)
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
-        kernels, prototypes = self._episode_prototypes(batched_inputs)
+        kernels, shot_rois = self._episode_prototypes(batched_inputs)
+        prototypes = shot_rois.mean(2)
+        losses = {}
+        if self.base_classifier is not None:
+            losses["loss_base_cls"] = self.base_classifier_weight * self._base_class_loss(
+                features, shot_rois, batched_inputs
+            )
         targets = [
             _episode_targets(x["instances"].to(self.device), x["support_classes"].to(self.device))
             for x in batched_inputs
         ]
         if not self.per_class_reference:
-            return self._losses(images, features, kernels, prototypes, targets)
+            return {**self._losses(images, features, kernels, prototypes, targets), **losses}
         num_classes = kernels.shape[1]
         per_class = [
             self._losses(
@@ -168,10 +189,12 @@ class FsodRCNN(GeneralizedRCNN):
             )
             for n in range(num_classes)
         ]
-        return {k: sum(loss[k] for loss in per_class) / num_classes for k in per_class[0]}
+        losses.update({k: sum(loss[k] for loss in per_class) / num_classes for k in per_class[0]})
+        return losses
 
     def _episode_prototypes(self, batched_inputs: List[Dict]) -> Tuple[Tensor, Tensor]:
-        """Encode all support crops of the batch in one pass; average the K shots per class."""
+        """Encode all support crops of the batch in one pass: RPN kernels averaged over the K
+        shots (B, N, C) and per-shot ROI features (B, N, K, C5, h, w)."""
         num_classes = {x["support_classes"].numel() for x in batched_inputs}
         num_shots = {len(x["support_images"]) for x in batched_inputs}
         if len(num_classes) != 1 or len(num_shots) != 1:
@@ -186,7 +209,24 @@ class FsodRCNN(GeneralizedRCNN):
             cat([x["support_boxes"] for x in batched_inputs]),
         )
         shape = (len(batched_inputs), num_classes, num_shots)
-        return kernels.unflatten(0, shape).mean(2), rois.unflatten(0, shape).mean(2)
+        return kernels.unflatten(0, shape).mean(2), rois.unflatten(0, shape)
+
+    def _base_class_loss(
+        self, features: Dict[str, Tensor], shot_rois: Tensor, batched_inputs: List[Dict]
+    ) -> Tensor:
+        """Cross-entropy of the base classifier over every support crop (its episode class)
+        and every ground-truth box of the query images (dataset class ids)."""
+        shots = shot_rois.shape[2]
+        support_labels = cat(
+            [x["support_classes"].to(self.device).repeat_interleave(shots) for x in batched_inputs]
+        )
+        gt = [x["instances"].to(self.device) for x in batched_inputs]
+        query_rois = self.roi_heads._shared_roi_transform(
+            [features[self.feature_name]], [t.gt_boxes for t in gt]
+        )
+        pooled = cat([shot_rois.flatten(0, 2), query_rois]).mean(dim=(2, 3))
+        labels = cat([support_labels, cat([t.gt_classes for t in gt])])
+        return F.cross_entropy(self.base_classifier(pooled), labels)
 
     def _losses(
         self,
@@ -260,6 +300,22 @@ class FsodRCNN(GeneralizedRCNN):
             order = r.scores.argsort(descending=True)[: self.roi_heads.test_detections_per_img]
             merged.append(r[order])
         return merged
+
+
+def _base_classifier_classes(cfg) -> int:
+    """MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES, or the training dataset's number of classes."""
+    num = cfg.MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES
+    if num > 0:
+        return num
+    name = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
+    classes = MetadataCatalog.get(name).get("thing_classes") if name else None
+    if not classes:
+        raise ValueError(
+            "MODEL.FSOD.BASE_CLASSIFIER.WEIGHT > 0 needs the number of dataset classes: set "
+            "MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES, or register DATASETS.TRAIN[0] "
+            f"({name!r}) with thing_classes before building the model"
+        )
+    return len(classes)
 
 
 def _episode_targets(instances: Instances, support_classes: Tensor) -> Instances:
