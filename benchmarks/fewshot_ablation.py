@@ -18,6 +18,7 @@ after each arm) and prints a Markdown table (also ``--table`` from an existing J
 
     python benchmarks/fewshot_ablation.py --budget-min 4                 # all arms, ~50 min
     python benchmarks/fewshot_ablation.py --arms default no_patch --budget-min 1
+    python benchmarks/fewshot_ablation.py --arms default no_patch --budget-min 1 MODEL.FSOD.PATCH_TOPK 0
 """
 
 import argparse
@@ -34,9 +35,11 @@ from benchmarks.common import machine_info, save_json  # noqa: E402
 logger = logging.getLogger("fsod_d2.benchmarks.fewshot_ablation")
 REPO = Path(__file__).resolve().parents[1]
 
-# arm -> (config overrides, budget factor)
+# arm -> (config overrides, budget factor); overrides apply on top of the benchmark config
+# (configs/benchmarks/fsod_quality.yaml) and of the command line's trailing overrides
 ARMS = {
     "default": ([], 1.0),
+    "no_base_classifier": (["MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", "0.0"], 1.0),
     "no_global": (["MODEL.FSOD.GLOBAL_RELATION", "False"], 1.0),
     "no_local": (["MODEL.FSOD.LOCAL_RELATION", "False"], 1.0),
     "no_patch": (["MODEL.FSOD.PATCH_RELATION", "False"], 1.0),
@@ -46,6 +49,8 @@ ARMS = {
     "half_episodes": ([], 0.5),
     "rpn_late": (["MODEL.FSOD.RPN_CONDITIONING", "late"], 1.0),
     "class_contrast": (["MODEL.FSOD.CLASS_CONTRAST_WEIGHT", "1.0"], 1.0),
+    # the two arms below were measured against the earlier default without the classifier
+    # (trailing override MODEL.FSOD.BASE_CLASSIFIER.WEIGHT 0.0; see benchmarks/README.md)
     "base_classifier": (["MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", "1.0"], 1.0),
     # the changes that helped alone, together
     "combined": (
@@ -72,6 +77,7 @@ def run_arm(name: str, args) -> dict:
         "--skip-finetune",
         "--out-dir",
         str(Path(args.out_dir) / "fewshot_ablation_work" / name),
+        *args.opts,
         *opts,
     ]
     logger.info("arm %s: fewshot_quality.py %s", name, " ".join(argv))
@@ -79,7 +85,7 @@ def run_arm(name: str, args) -> dict:
     training = report["fsod_base_training"]
     k = args.shots
     return {
-        "overrides": opts,
+        "overrides": [*args.opts, *opts],
         "budget_min": args.budget_min * factor,
         "iterations": training["iterations"],
         "final_losses": {key: v[-1] for key, v in training.get("loss_terms", {}).items() if v},
@@ -122,6 +128,9 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--table", action="store_true", help="print the table of the JSON")
     parser.add_argument("--append", action="store_true", help="add the arms to the JSON's")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides for every arm (before its own)"
+    )
     args = parser.parse_args(argv)
     path = Path(args.out_dir) / "fewshot_ablation.json"
     if args.table:

@@ -167,3 +167,32 @@ def test_fewshot_ablation_arms_are_valid_overrides_and_table():
     }
     rows = fewshot_ablation.table({"arms": {"2_way": arm}}).splitlines()
     assert len(rows) == 3 and "| 2_way | FSOD.N_WAY 2 | 2 | 100 | 1.50 ± 0.25 |" in rows[2]
+
+
+def test_fewshot_ablation_applies_trailing_overrides_to_every_arm_before_its_own(
+    tmp_path, monkeypatch
+):
+    calls = []
+    stats = {"mean": 1.0, "std": 0.0, "n": 1}
+
+    def fake_main(argv):
+        calls.append(argv)
+        summary = {"nAP50": stats, "nAP": stats, "bAP": stats}
+        training = {"iterations": 3, "loss_terms": {"loss_match": [0.5, 0.4]}}
+        return {
+            "fsod_base_training": training,
+            "summary": {"fsod@5shot": summary, "fsod_shuffled@5shot": summary},
+            "wall_seconds": 1.0,
+        }
+
+    monkeypatch.setattr(fewshot_ablation.fewshot_quality, "main", fake_main)
+    argv = ["--arms", "default", "base_classifier", "--out-dir", str(tmp_path), "--budget-min"]
+    results = fewshot_ablation.main(argv + ["1", "MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", "0.0"])
+    assert calls[0][-2:] == ["MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", "0.0"]
+    key = "MODEL.FSOD.BASE_CLASSIFIER.WEIGHT"
+    assert calls[1][-4:] == [key, "0.0", key, "1.0"]  # the arm's own override wins
+    assert results["arms"]["base_classifier"]["overrides"][-1] == "1.0"
+    assert json.loads((tmp_path / "fewshot_ablation.json").read_text())["arms"].keys() == {
+        "default",
+        "base_classifier",
+    }
