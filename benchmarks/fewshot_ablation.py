@@ -18,7 +18,8 @@ after each arm) and prints a Markdown table (also ``--table`` from an existing J
 
     python benchmarks/fewshot_ablation.py --budget-min 4                 # all arms, ~50 min
     python benchmarks/fewshot_ablation.py --arms default no_patch --budget-min 1
-    python benchmarks/fewshot_ablation.py --arms default no_patch --budget-min 1 MODEL.FSOD.PATCH_TOPK 0
+    # overrides after the options apply to every arm, before the arm's own:
+    python benchmarks/fewshot_ablation.py --arms default no_patch --budget-min 1 FSOD.N_WAY 3
 """
 
 import argparse
