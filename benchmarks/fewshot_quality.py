@@ -367,6 +367,10 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--finetune-iters", type=int, default=120, help="ours, per K-shot set")
     parser.add_argument(
+        "--finetune-lr-scale", type=float, default=0.2,
+        help="our fine-tuning LR / base-training LR (the whole model trains)",
+    )  # fmt: skip
+    parser.add_argument(
         "--tfa-finetune-iters", type=int, default=2000,
         help="TFA's last-layer fine-tuning, per K-shot set (its novel rows start from scratch)",
     )  # fmt: skip
@@ -447,7 +451,9 @@ def run_fsod(args, cfg, budget: float, work: Path, out_dir: Path, report: dict) 
 
     for k in [] if args.skip_finetune else args.shots:
         for seed in args.seeds:
-            ft = finetune_cfg(cfg, k, seed, args.finetune_iters, 0.2, work / "fsod_ft")
+            ft = finetune_cfg(
+                cfg, k, seed, args.finetune_iters, args.finetune_lr_scale, work / "fsod_ft"
+            )
             ft.FSOD.K_SHOT = k
             ft_trainer = FsodTrainer(ft)
             unwrap_model(ft_trainer.model).load_state_dict(base_weights)
@@ -505,9 +511,11 @@ def base_model(trainer_cls, cfg, budget_s: float, weights: str = ""):
 def finetune_cfg(cfg, k: int, seed: int, iters: int, lr_scale: float, out_prefix: Path):
     """Fine-tuning on the seed's K-shot set of every class: ``iters`` iterations at
     ``lr_scale`` x the base LR (both after SOLVER.REFERENCE_WORLD_SIZE scaling, as in base
-    training), constant LR, no checkpoints."""
+    training), constant LR, no checkpoints; supports may come from the query image when a
+    class has no other shot (FSOD.SUPPORT.QUERY_FALLBACK, as in the *_finetune configs)."""
     ft = scaled_for_world_size(cfg)
     ft.DATASETS.TRAIN = (kshot_name(k, seed),)
+    ft.FSOD.SUPPORT.QUERY_FALLBACK = True
     ft.SOLVER.MAX_ITER = iters
     ft.SOLVER.BASE_LR = ft.SOLVER.BASE_LR * lr_scale
     ft.SOLVER.STEPS = ()

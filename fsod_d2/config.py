@@ -79,6 +79,10 @@ def _add_episode_config(cfg: CN) -> None:
     f.SUPPORT.SIZE = 320  # support crops are SIZE x SIZE (aspect kept, zero padded); 384 also ok
     f.SUPPORT.CONTEXT = 16  # pixels of context around each support box
     f.SUPPORT.MIN_BOX_SIZE = 8  # boxes with a side shorter than this never become supports
+    # Supports never come from the query image; True: except for a class whose crops are all in
+    # the query (1-shot fine-tuning sets: each class is in one image, so without this no episode
+    # has a positive class). Off for base training, on in the *_finetune configs.
+    f.SUPPORT.QUERY_FALLBACK = False
     f.SUPPORT.CACHE_DIR = ""  # support-crop cache; "" -> OUTPUT_DIR/support_cache
     # Encoding of cached crops: "jpg" (quality 95; ~5x smaller, for COCO-sized pools) or "png"
     # (lossless: cached crops equal crop_support() exactly).

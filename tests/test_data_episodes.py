@@ -127,6 +127,32 @@ def test_positives_present_negatives_absent_supports_elsewhere(data, monkeypatch
         assert query is not None and str(query) not in sources, (class_id, query, sources)
 
 
+@pytest.mark.parametrize("fallback", [False, True])
+def test_query_fallback_gives_one_image_classes_their_positives(data, monkeypatch, fallback):
+    """A class whose only crops are in the query (every class of a 1-shot set) is never a
+    positive; with FSOD.SUPPORT.QUERY_FALLBACK it is, with supports from the query itself."""
+    cfg = _cfg(data, "FSOD.SUPPORT.QUERY_FALLBACK", str(fallback), "FSOD.K_SHOT", "1")
+    mapper = _mapper(cfg)
+    d = next(d for d in DatasetCatalog.get("t_ep_base") if d["annotations"])
+    lone = int(d["annotations"][0]["category_id"])  # its crops: only those of this image
+    pool, all_crops = mapper.pool, mapper.pool.available
+
+    def available(class_id, exclude_image_id=None):
+        idx = all_crops(class_id)
+        if int(class_id) == lone:
+            idx = np.asarray([i for i in idx if pool.image_key(i) == str(d["image_id"])])
+        if exclude_image_id is not None:
+            idx = np.asarray([i for i in idx if pool.image_key(i) != str(exclude_image_id)])
+        return idx.astype(np.int64)
+
+    monkeypatch.setattr(pool, "available", available)
+    episodes = [mapper(dict(d, episode_seed=s)) for s in range(20)]
+    with_lone = [e for e in episodes if lone in e["support_classes"].tolist()]
+    positive = [e for e in with_lone if lone in e["instances"].gt_classes.tolist()]
+    assert bool(positive) == fallback
+    assert mapper.bad_data_summary()["query_supports"] == (len(with_lone) if fallback else 0)
+
+
 def test_class_balance(data):
     mapper = _mapper(_cfg(data))
     counts, positives = Counter(), Counter()

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["EpisodicDatasetMapper", "BAD_DATA_KEYS"]
 
 # Counters shared by the mapper copies in all data-loader workers (shared memory).
-BAD_DATA_KEYS = ("episodes", "unreadable_image_skips", "unformable_episodes")
+BAD_DATA_KEYS = ("episodes", "unreadable_image_skips", "unformable_episodes", "query_supports")
 _LOG_FIRST_BAD = 10  # bad images logged one by one per process; then every _LOG_EVERY_BAD-th
 _LOG_EVERY_BAD = 100
 
@@ -58,7 +58,8 @@ class EpisodicDatasetMapper:
     supports outside it), the rest of the N classes absent from the query (negatives; a class
     with any annotation in the query, crowd included, is never a negative); if too few classes
     are absent, more present classes fill the episode. The order is shuffled. Supports never
-    come from the query image. Everything (classes, shots, augmentation) is a function of
+    come from the query image, except with ``query_fallback`` for a class whose only crops are
+    in the query (counted as ``query_supports``). Everything (classes, shots, augmentation) is a function of
     ``episode_seed``.
 
     A missing/unreadable image, or a query for which no N-way episode exists, returns ``None``
@@ -77,6 +78,7 @@ class EpisodicDatasetMapper:
         k_shot: int,
         max_positive_classes: int,
         episode_classes: Sequence[int] | None = None,
+        query_fallback: bool = False,
     ):
         """
         Args:
@@ -88,6 +90,9 @@ class EpisodicDatasetMapper:
             max_positive_classes: at most this many episode classes are present in the query.
             episode_classes: contiguous ids that may appear in episodes (default: every class
                 with a support crop in the pool).
+            query_fallback: a class present in the query whose crops all come from the query
+                image takes its supports from there (a 1-shot set has each class in one image;
+                without this, fine-tuning on it never sees a positive pair).
         """
         if n_way < 1 or k_shot < 1 or max_positive_classes < 0:
             raise ValueError(
@@ -114,6 +119,7 @@ class EpisodicDatasetMapper:
         self.pool = support_pool
         self.n_way, self.k_shot = int(n_way), int(k_shot)
         self.max_positive_classes = int(max_positive_classes)
+        self.query_fallback = bool(query_fallback)
         self.episode_classes = np.asarray(classes, dtype=np.int64)
         self._episode_set = set(classes)
         support_pool.check_shots(self.k_shot, classes)
@@ -150,6 +156,7 @@ class EpisodicDatasetMapper:
             "n_way": cfg.FSOD.N_WAY,
             "k_shot": cfg.FSOD.K_SHOT,
             "max_positive_classes": cfg.FSOD.MAX_POSITIVE_CLASSES,
+            "query_fallback": cfg.FSOD.SUPPORT.QUERY_FALLBACK,
         }
 
     # ---------------------------------------------------------------------------- helpers
@@ -174,6 +181,13 @@ class EpisodicDatasetMapper:
                 n,
             )
 
+    def _excluded_image(self, class_id: int, image_id: Any) -> Any:
+        """The image whose crops ``class_id``'s supports avoid: the query, or None (any image)
+        with ``query_fallback`` when the class has no crop elsewhere."""
+        if self.query_fallback and len(self.pool.available(class_id, image_id)) == 0:
+            return None
+        return image_id
+
     def choose_classes(
         self, annotations: Sequence[dict], image_id: Any, rng: np.random.Generator
     ) -> tuple[np.ndarray, int] | None:
@@ -183,7 +197,7 @@ class EpisodicDatasetMapper:
         pos_cands = [
             c
             for c in sorted(present & self._episode_set)
-            if len(self.pool.available(c, image_id)) > 0
+            if len(self.pool.available(c, self._excluded_image(c, image_id))) > 0
         ]
         neg_mask = ~np.isin(self.episode_classes, list(present_any))
         neg_cands = self.episode_classes[neg_mask]
@@ -226,7 +240,10 @@ class EpisodicDatasetMapper:
         classes, _ = chosen
         crops, boxes = [], []
         for c in classes:
-            idx = self.pool.sample_k_shot(int(c), self.k_shot, rng, exclude_image_id=d["image_id"])
+            exclude = self._excluded_image(int(c), d["image_id"])
+            if exclude is None:
+                self._count("query_supports")
+            idx = self.pool.sample_k_shot(int(c), self.k_shot, rng, exclude_image_id=exclude)
             imgs, bxs = self.pool.load_many(idx)
             crops.append(imgs)
             boxes.append(bxs)
