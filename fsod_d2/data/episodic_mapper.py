@@ -59,8 +59,8 @@ class EpisodicDatasetMapper:
     with any annotation in the query, crowd included, is never a negative); if too few classes
     are absent, more present classes fill the episode. The order is shuffled. Supports never
     come from the query image, except with ``query_fallback`` for a class whose only crops are
-    in the query (counted as ``query_supports``). Everything (classes, shots, augmentation) is a function of
-    ``episode_seed``.
+    in the query (counted as ``query_supports``). Everything (classes, shots, augmentation) is
+    a function of ``episode_seed``.
 
     A missing/unreadable image, or a query for which no N-way episode exists, returns ``None``
     (counted; the episode stream then draws another query deterministically).
