@@ -164,19 +164,23 @@ class EpisodicTrainLoader:
 
     def bad_data_summary(self) -> dict[str, int]:
         """Counts so far (all workers): episodes built, queries skipped because their image was
-        unreadable (each worker skips a bad file once, then avoids it), and queries for which
-        no N-way episode exists."""
+        unreadable (each worker skips a bad file once, then avoids it), queries for which no
+        N-way episode exists, and classes that took supports from their query image
+        (``FSOD.SUPPORT.QUERY_FALLBACK``)."""
         return self.mapper.bad_data_summary()
 
     def log_bad_data_summary(self, final: bool = False) -> None:
         s = self.bad_data_summary()
-        bad = {k: v for k, v in s.items() if k != "episodes" and v}
+        bad = {k: v for k, v in s.items() if k not in ("episodes", "query_supports") and v}
         level = logging.WARNING if bad else logging.INFO
         logger.log(
             level,
-            "Episode data%s: %d episodes built; bad data: %s",
+            "Episode data%s: %d episodes built%s; bad data: %s",
             " (final)" if final else "",
             s["episodes"],
+            f" ({s['query_supports']} classes took supports from their query image)"
+            if s.get("query_supports")
+            else "",
             ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in bad.items()) or "none",
         )
 
