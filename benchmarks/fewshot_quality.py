@@ -367,7 +367,7 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--finetune-iters", type=int, default=120, help="ours, per K-shot set")
     parser.add_argument(
-        "--finetune-lr-scale", type=float, default=0.2,
+        "--finetune-lr-scale", type=float, default=0.01,
         help="our fine-tuning LR / base-training LR (the whole model trains)",
     )  # fmt: skip
     parser.add_argument(
