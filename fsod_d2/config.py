@@ -38,10 +38,11 @@ def _add_model_config(cfg: CN) -> None:
     # against all N prototypes of its episode, cross-entropy on its true class (0 = off).
     m.CLASS_CONTRAST_WEIGHT = 0.0
     # Auxiliary base-class classifier, training only: a linear layer on the pooled res5 features
-    # of every support crop and every query ground-truth box, cross-entropy over the dataset's
-    # classes. It gives a from-scratch backbone the discriminative many-way signal that a plain
-    # detector's classifier gets (the binary match loss alone learns features slowly); it is not
-    # used at inference, so novel classes still need only supports. WEIGHT 0 = off.
+    # of every support crop and every ground-truth box of the query (episode classes), with a
+    # cross-entropy over the dataset's classes. It gives a from-scratch backbone the
+    # discriminative many-way signal that a plain detector's classifier gets (the binary match
+    # loss alone learns features slowly); it is not used at inference, so novel classes still
+    # need only supports. WEIGHT 0 = off.
     m.BASE_CLASSIFIER = CN()
     m.BASE_CLASSIFIER.WEIGHT = 0.0
     # classes of the classifier; 0 = len(thing_classes) of DATASETS.TRAIN[0]'s metadata

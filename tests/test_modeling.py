@@ -357,3 +357,8 @@ def test_base_classifier_loss_trains_and_is_training_only():
 def test_base_classifier_without_class_count_names_the_keys():
     with pytest.raises(ValueError, match="BASE_CLASSIFIER.NUM_CLASSES"):
         _model("MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", 1.0, "DATASETS.TRAIN", ("not_registered",))
+    model = _model(
+        "MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", 1.0, "MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES", 2
+    ).train()
+    with EventStorage(0), pytest.raises(ValueError, match="class id 3 .* 2 classes"):
+        model(_batch(get_tiny_cfg()))  # the batch has classes 0-3

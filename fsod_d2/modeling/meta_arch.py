@@ -49,8 +49,8 @@ class FsodRCNN(GeneralizedRCNN):
             fold_bn: run each conv + FrozenBatchNorm as one convolution (see
                 :mod:`fsod_d2.modeling.fold_bn`); same weights and outputs, faster.
             base_classifier: training only: linear layer from pooled ROI features to dataset
-                class ids, applied to every support crop and query ground-truth box
-                (``loss_base_cls``); None = no such loss.
+                class ids, applied to every support crop and every ground-truth box of the
+                query (``loss_base_cls``); None = no such loss.
             base_classifier_weight: weight of ``loss_base_cls``.
             kwargs: see :class:`GeneralizedRCNN`.
         """
@@ -215,7 +215,8 @@ class FsodRCNN(GeneralizedRCNN):
         self, features: Dict[str, Tensor], shot_rois: Tensor, batched_inputs: List[Dict]
     ) -> Tensor:
         """Cross-entropy of the base classifier over every support crop (its episode class)
-        and every ground-truth box of the query images (dataset class ids)."""
+        and every ground-truth box of the queries (the episode's classes: the mapper keeps only
+        those), labelled with dataset class ids."""
         shots = shot_rois.shape[2]
         support_labels = cat(
             [x["support_classes"].to(self.device).repeat_interleave(shots) for x in batched_inputs]
@@ -226,6 +227,13 @@ class FsodRCNN(GeneralizedRCNN):
         )
         pooled = cat([shot_rois.flatten(0, 2), query_rois]).mean(dim=(2, 3))
         labels = cat([support_labels, cat([t.gt_classes for t in gt])])
+        num_classes = self.base_classifier.out_features
+        if int(labels.max()) >= num_classes:
+            raise ValueError(
+                f"class id {int(labels.max())} in the training data, but the base classifier has "
+                f"{num_classes} classes: set MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES to the "
+                "dataset's number of classes (or 0: from DATASETS.TRAIN[0]'s thing_classes)"
+            )
         return F.cross_entropy(self.base_classifier(pooled), labels)
 
     def _losses(
