@@ -296,56 +296,55 @@ def test_folded_frozen_bn_computes_what_the_unfolded_model_does():
         assert torch.allclose(g1[name], g2[name], rtol=1e-3, atol=1e-6), name
 
 
-def test_class_contrast_loss_trains_the_relation_to_pick_the_episode_class():
-    """MODEL.FSOD.CLASS_CONTRAST_WEIGHT adds a cross-entropy of each foreground ROI over its
-    episode's N classes; off by default (see the loss-set assertion above)."""
-    model = _model("MODEL.FSOD.CLASS_CONTRAST_WEIGHT", 1.0)
+def _train_on_one_batch(model, steps: int, loss_key: str, check_first_step) -> None:
+    """Adam steps on one fixed batch; ``check_first_step(model, losses)`` after the first
+    backward; ``losses[loss_key]`` must fall at least 3x."""
     model.train()
     batch = _batch(get_tiny_cfg(), seed=3)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     history = []
     torch.manual_seed(0)
     with EventStorage(0):
-        for step in range(60):
+        for step in range(steps):
             losses = model(batch)
             opt.zero_grad()
             sum(losses.values()).backward()
             if step == 0:
-                assert torch.isfinite(losses["loss_class_contrast"])
-                rel = [p.grad for n, p in model.named_parameters() if "relation" in n]
-                assert rel and all(g is not None for g in rel)
+                check_first_step(model, losses)
             opt.step()
-            history.append(losses["loss_class_contrast"].item())
+            history.append(losses[loss_key].item())
     first, last = float(np.mean(history[:5])), float(np.mean(history[-5:]))
-    assert last * 3 <= first, f"class-contrast loss {first:.3f} -> {last:.3f}"
+    assert last * 3 <= first, f"{loss_key} {first:.3f} -> {last:.3f}"
+
+
+def test_class_contrast_loss_trains_the_relation_to_pick_the_episode_class():
+    """MODEL.FSOD.CLASS_CONTRAST_WEIGHT adds a cross-entropy of each foreground ROI over its
+    episode's N classes; off by default (see the loss-set assertion above)."""
+
+    def check(model, losses):
+        assert torch.isfinite(losses["loss_class_contrast"])
+        rel = [p.grad for n, p in model.named_parameters() if "relation" in n]
+        assert rel and all(g is not None for g in rel)
+
+    model = _model("MODEL.FSOD.CLASS_CONTRAST_WEIGHT", 1.0)
+    _train_on_one_batch(model, 60, "loss_class_contrast", check)
 
 
 def test_base_classifier_loss_trains_and_is_training_only():
     """MODEL.FSOD.BASE_CLASSIFIER: supports and query gt boxes classified over the dataset's
     classes (loss_base_cls); the backbone gets its gradient; inference ignores the head."""
+
+    def check(model, losses):
+        assert set(losses) >= {"loss_match", "loss_base_cls"}
+        assert model.base_classifier.weight.grad.abs().sum() > 0
+        missing = [n for n, p in model.named_parameters() if p.grad is None]
+        assert not missing, f"parameters without gradient: {missing}"
+
     model = _model(
         "MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", 1.0, "MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES", 4
     )
     assert model.base_classifier.out_features == 4
-    model.train()
-    batch = _batch(get_tiny_cfg(), seed=3)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    history = []
-    torch.manual_seed(0)
-    with EventStorage(0):
-        for step in range(40):
-            losses = model(batch)
-            opt.zero_grad()
-            sum(losses.values()).backward()
-            if step == 0:
-                assert set(losses) >= {"loss_match", "loss_base_cls"}
-                assert model.base_classifier.weight.grad.abs().sum() > 0
-                missing = [n for n, p in model.named_parameters() if p.grad is None]
-                assert not missing, f"parameters without gradient: {missing}"
-            opt.step()
-            history.append(losses["loss_base_cls"].item())
-    first, last = float(np.mean(history[:5])), float(np.mean(history[-5:]))
-    assert last * 3 <= first, f"base-class loss {first:.3f} -> {last:.3f}"
+    _train_on_one_batch(model, 40, "loss_base_cls", check)
     _set_prototypes(model)
     model.eval()
     image, _ = synthetic_query(np.random.default_rng(1), [0, 2])
