@@ -38,7 +38,7 @@ from detectron2.utils import comm
 from torch.utils.data import Dataset, Sampler
 
 from .datasets import register_from_config
-from .episodic_mapper import EpisodicDatasetMapper
+from .episodic_mapper import INFO_KEYS, EpisodicDatasetMapper
 from .support_pool import SupportPool
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class EpisodicTrainLoader:
 
     def log_bad_data_summary(self, final: bool = False) -> None:
         s = self.bad_data_summary()
-        bad = {k: v for k, v in s.items() if k not in ("episodes", "query_supports") and v}
+        bad = {k: v for k, v in s.items() if k not in INFO_KEYS and v}
         level = logging.WARNING if bad else logging.INFO
         logger.log(
             level,
@@ -191,8 +191,7 @@ class EpisodicTrainLoader:
                 yield batch
                 now = time.perf_counter()
                 if now - last_log > _SUMMARY_PERIOD_S:
-                    bad = self.bad_data_summary()
-                    bad.pop("episodes")
+                    bad = {k: v for k, v in self.bad_data_summary().items() if k not in INFO_KEYS}
                     if bad != last_bad:  # only when something new went wrong
                         self.log_bad_data_summary()
                         last_bad = bad

@@ -19,10 +19,12 @@ from .support_pool import SupportPool, convert_bgr
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EpisodicDatasetMapper", "BAD_DATA_KEYS"]
+__all__ = ["EpisodicDatasetMapper", "BAD_DATA_KEYS", "INFO_KEYS"]
 
 # Counters shared by the mapper copies in all data-loader workers (shared memory).
 BAD_DATA_KEYS = ("episodes", "unreadable_image_skips", "unformable_episodes", "query_supports")
+# the counters above that are not problems: episodes built, supports taken from the query
+INFO_KEYS = ("episodes", "query_supports")
 _LOG_FIRST_BAD = 10  # bad images logged one by one per process; then every _LOG_EVERY_BAD-th
 _LOG_EVERY_BAD = 100
 
