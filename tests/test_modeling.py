@@ -212,6 +212,30 @@ def test_patch_topk_pruning():
             assert set(out.pred_classes.tolist()) <= set(protos.class_ids.tolist())
 
 
+def test_softmax_test_score_makes_classes_compete():
+    """TEST_SCORE softmax: (N+1)-way softmax with a zero background logit. One class: the
+    sigmoid exactly (same detections); several: every score at most its sigmoid, per ROI the
+    class scores sum below 1 and keep the sigmoid's order."""
+    sigmoid = _model().eval()
+    softmax = _model("MODEL.FSOD.TEST_SCORE", "softmax").eval()
+    softmax.load_state_dict(sigmoid.state_dict())
+    image, _ = synthetic_query(np.random.default_rng(3), [0])
+    for model in (sigmoid, softmax):
+        _set_prototypes(model, classes=(0,))
+    ref, out = (m([{"image": image}])[0]["instances"] for m in (sigmoid, softmax))
+    assert len(out) == len(ref) and torch.allclose(out.scores, ref.scores, atol=1e-6)
+
+    logits = torch.randn(50, 4) * 3
+    logits[0, 1:] = float("-inf")  # pruned pairs (PATCH_TOPK) score 0
+    competing = softmax.roi_heads._match_scores(logits)
+    independent = sigmoid.roi_heads._match_scores(logits)
+    assert torch.all(competing <= independent + 1e-7) and torch.all(competing.sum(1) < 1)
+    assert torch.equal(competing[1:].argsort(1), logits[1:].argsort(1))
+    assert torch.allclose(competing[0, 0], independent[0, 0]) and competing[0, 1:].eq(0).all()
+    with pytest.raises(ValueError, match="MODEL.FSOD.TEST_SCORE"):
+        _model("MODEL.FSOD.TEST_SCORE", "max")
+
+
 def test_checkpoint_round_trip_has_no_missing_or_unexpected_keys(tmp_path):
     model = _model()
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model_final")

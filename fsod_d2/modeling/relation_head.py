@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 # pairs scored per chunk by the gather-heavy branches; bounds peak memory
 _PAIR_CHUNK = 1024
+_TEST_SCORES = ("sigmoid", "softmax")
 
 
 class MultiRelation(nn.Module):
@@ -156,9 +157,15 @@ class MultiRelationROIHeads(Res5ROIHeads):
         match_loss_weight: float,
         box_loss_weight: float,
         class_contrast_weight: float = 0.0,
+        test_score: str = "sigmoid",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if test_score not in _TEST_SCORES:
+            raise ValueError(
+                f"MODEL.FSOD.TEST_SCORE must be one of {_TEST_SCORES}, got {test_score!r}"
+            )
+        self.test_score = test_score
         self.relation = relation
         self.box_regressor = box_regressor
         self.box2box_transform = box2box_transform
@@ -207,6 +214,7 @@ class MultiRelationROIHeads(Res5ROIHeads):
         ret["match_loss_weight"] = m.MATCH_LOSS_WEIGHT
         ret["box_loss_weight"] = m.BOX_LOSS_WEIGHT
         ret["class_contrast_weight"] = m.CLASS_CONTRAST_WEIGHT
+        ret["test_score"] = m.TEST_SCORE
         return ret
 
     # ------------------------------------------------------------------ supports
@@ -370,7 +378,7 @@ class MultiRelationROIHeads(Res5ROIHeads):
                 ci = props.proposal_classes
                 scores[ri, ci] = self.relation(q_b, s_b, ri, ci).sigmoid()
             else:
-                scores[:, :num_classes] = self._all_pairs_logits(q_b, s_b).sigmoid()
+                scores[:, :num_classes] = self._match_scores(self._all_pairs_logits(q_b, s_b))
             result, _ = fast_rcnn_inference_single_image(
                 pred_boxes[rows],
                 scores,
@@ -382,6 +390,13 @@ class MultiRelationROIHeads(Res5ROIHeads):
             results.append(result)
             offset += len(props)
         return results
+
+    def _match_scores(self, logits: Tensor) -> Tensor:
+        """(R, N) match logits of every ROI with every class -> detection scores
+        (``test_score``; see MODEL.FSOD.TEST_SCORE)."""
+        if self.test_score == "sigmoid":
+            return logits.sigmoid()
+        return torch.softmax(F.pad(logits, (0, 1)), dim=1)[:, :-1]
 
     def _all_pairs_logits(self, q: Dict[str, Tensor], s: Dict[str, Tensor]) -> Tensor:
         """(R, N) logits of every ROI with every class of one image. The cheap branches run
