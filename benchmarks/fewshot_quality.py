@@ -21,6 +21,7 @@ novel classes. Results and their analysis: benchmarks/README.md, *Few-shot quali
     python benchmarks/fewshot_quality.py --budget-min 15          # full run, ~50 min on 2 cores
     python benchmarks/fewshot_quality.py --budget-min 1 --seeds 0 --shots 1 --finetune-iters 5
     python benchmarks/fewshot_quality.py --table                  # Markdown table of the JSON
+    python benchmarks/fewshot_quality.py --combine RUN_DIR ... --out-dir DIR  # over trainings
 """
 
 import argparse
@@ -31,6 +32,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import torch
@@ -238,11 +240,12 @@ def summarize(runs: list) -> dict:
     return out
 
 
-def markdown_table(report: dict) -> str:
-    """Mean ± std over seeds per method and K (COCO AP in %), as in benchmarks/README.md."""
+def markdown_table(report: dict, count: str = "seeds") -> str:
+    """Mean ± std over seeds (or, for combined runs, over base trainings: ``count``) per
+    method and K (COCO AP in %), as in benchmarks/README.md."""
     metrics = ("nAP50", "nAP", "bAP50", "bAP")
     rows = [
-        "| method | K | seeds | " + " | ".join(metrics) + " |",
+        f"| method | K | {count} | " + " | ".join(metrics) + " |",
         "|---|---|---|" + "---|" * len(metrics),
     ]
     order = ("fsod", "fsod_shuffled", "fsod_finetuned", "tfa")
@@ -393,6 +396,11 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--table", action="store_true", help="print the Markdown table of the JSON in --out-dir"
     )
+    parser.add_argument(
+        "--combine", nargs="+", default=[], metavar="RUN_DIR",
+        help="no training: mean ± std over the base trainings of these runs' JSON (each run's "
+        "mean over seeds counts once) -> fewshot_quality_combined.json in --out-dir",
+    )  # fmt: skip
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (ablations)")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir or os.environ.get("FSOD_BENCH_OUT", REPO / "benchmarks/results"))
@@ -403,6 +411,8 @@ def main(argv=None) -> dict:
     setup_logger(name="fsod_d2")
     setup_logger(name="detectron2", abbrev_name="d2")
     logger.setLevel(logging.INFO)
+    if args.combine:
+        return combine_runs([Path(d) for d in args.combine], out_dir, max(args.shots))
     t0 = time.perf_counter()
 
     info = prepare_data(args)
@@ -550,6 +560,36 @@ def tfa_cfg(cfg, work: Path):
     tfa.DATASETS.TRAIN = (f"{TRAIN}_base",)
     tfa.OUTPUT_DIR = str(work / "tfa")
     return tfa
+
+
+def combine_runs(run_dirs: List[Path], out_dir: Path, k: int) -> dict:
+    """Training-run variance: every run's mean over K-shot seeds becomes one sample per
+    (method, K), and the summary is the mean ± std over runs (``n``: base trainings). A run
+    without a method (e.g. ``--skip-tfa``) adds no sample to it."""
+    rows, runs = [], []
+    for i, run_dir in enumerate(run_dirs):
+        path = run_dir / "fewshot_quality.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"--combine: {path} does not exist (run the benchmark first)")
+        report = json.loads(path.read_text())
+        trainings = {
+            key: report[key].get("iterations")
+            for key in ("fsod_base_training", "tfa_base_training")
+            if report.get(key)
+        }
+        runs.append({"dir": str(run_dir), "base_training_iterations": trainings})
+        runs[-1]["summary"] = report["summary"]
+        for key, stats in report["summary"].items():
+            method, shots = key.split("@")
+            means = {m: v["mean"] for m, v in stats.items()}
+            k_shots = int(shots.removesuffix("shot"))
+            rows.append({"method": method, "k": k_shots, "seed": i, **means})
+    summary = summarize(rows)
+    combined = {"runs": runs, "summary": summary, "targets": targets(summary, k)}
+    save_json("fewshot_quality_combined", combined, out_dir)
+    logger.info("over base trainings:\n%s", markdown_table(combined, "trainings"))
+    logger.info("targets: %s", combined["targets"])
+    return combined
 
 
 def targets(summary: dict, k: int) -> dict:

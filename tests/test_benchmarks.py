@@ -152,6 +152,37 @@ def test_fewshot_quality_smoke(tmp_path, monkeypatch, restore_loggers):
         assert (out / f"{name}.png").stat().st_size > 1000
 
 
+def test_fewshot_quality_combines_runs_over_base_trainings(tmp_path, restore_loggers):
+    """Each run's mean over seeds is one sample; a method missing from a run adds none."""
+
+    def run(name, ours, tfa=None):
+        rows = [("fsod", ours), ("fsod_shuffled", 0.5)] + ([("tfa", tfa)] if tfa else [])
+        summary = {
+            f"{method}@5shot": {m: {"mean": v if m == "nAP50" else 0.0, "std": 9.0, "n": 3}
+            for m in ("nAP50", "nAP", "bAP", "bAP50", "AP")}
+            for method, v in rows
+        }  # fmt: skip
+        report = {"summary": summary, "fsod_base_training": {"iterations": 10}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "fewshot_quality.json").write_text(json.dumps(report))
+        return str(tmp_path / name)
+
+    dirs = [run("a", 10.0, 4.0), run("b", 14.0), run("c", 12.0, 8.0)]
+    argv = ["--combine", *dirs, "--shots", "5", "--out-dir", str(tmp_path / "out")]
+    combined = fewshot_quality.main(argv)
+    assert combined["summary"]["fsod@5shot"]["nAP50"] == {"mean": 12.0, "std": pytest.approx(
+        (8 / 3) ** 0.5), "n": 3}  # fmt: skip
+    assert combined["summary"]["tfa@5shot"]["nAP50"]["n"] == 2
+    assert combined["targets"]["vs_tfa"] == 6.0 and combined["targets"]["meets_3x_shuffled"]
+    saved = json.loads((tmp_path / "out" / "fewshot_quality_combined.json").read_text())
+    assert [r["base_training_iterations"] for r in saved["runs"]] == [
+        {"fsod_base_training": 10}
+    ] * 3
+    assert "| fsod | 5 | 3 | 12.00 ± 1.63 |" in fewshot_quality.markdown_table(saved, "trainings")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        fewshot_quality.main(["--combine", str(tmp_path / "missing"), "--out-dir", str(tmp_path)])
+
+
 def test_fewshot_ablation_arms_are_valid_overrides_and_table():
     for opts, factor in fewshot_ablation.ARMS.values():
         get_tiny_cfg(*opts)  # raises on a key that does not exist
