@@ -216,9 +216,9 @@ def test_softmax_test_score_makes_classes_compete():
     """TEST_SCORE softmax: (N+1)-way softmax with a zero background logit. One class: the
     sigmoid exactly (same detections); several: every score at most its sigmoid, per ROI the
     class scores sum below 1 and keep the sigmoid's order."""
-    sigmoid = _model().eval()
-    softmax = _model("MODEL.FSOD.TEST_SCORE", "softmax").eval()
-    softmax.load_state_dict(sigmoid.state_dict())
+    softmax = _model().eval()  # the default
+    sigmoid = _model("MODEL.FSOD.TEST_SCORE", "sigmoid").eval()
+    sigmoid.load_state_dict(softmax.state_dict())
     image, _ = synthetic_query(np.random.default_rng(3), [0])
     for model in (sigmoid, softmax):
         _set_prototypes(model, classes=(0,))
