@@ -21,7 +21,7 @@ novel classes. Results and their analysis: benchmarks/README.md, *Few-shot quali
     python benchmarks/fewshot_quality.py --budget-min 15          # full run, ~50 min on 2 cores
     python benchmarks/fewshot_quality.py --budget-min 1 --seeds 0 --shots 1 --finetune-iters 5
     python benchmarks/fewshot_quality.py --table                  # Markdown table of the JSON
-    python benchmarks/fewshot_quality.py --combine RUN_DIR ... --out-dir DIR  # over trainings
+    python benchmarks/fewshot_quality.py --combine RUN[:METHODS] ... --out-dir DIR  # over trainings
 """
 
 import argparse
@@ -397,9 +397,10 @@ def main(argv=None) -> dict:
         "--table", action="store_true", help="print the Markdown table of the JSON in --out-dir"
     )
     parser.add_argument(
-        "--combine", nargs="+", default=[], metavar="RUN_DIR",
-        help="no training: mean ± std over the base trainings of these runs' JSON (each run's "
-        "mean over seeds counts once) -> fewshot_quality_combined.json in --out-dir",
+        "--combine", nargs="+", default=[], metavar="RUN[:METHODS]",
+        help="no training: mean ± std over the base trainings of these runs (an --out-dir or "
+        "its JSON; ':tfa' or ':fsod,fsod_shuffled' takes only those methods; each run's mean "
+        "over seeds counts once) -> fewshot_quality_combined.json in --out-dir",
     )  # fmt: skip
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (ablations)")
     args = parser.parse_args(argv)
@@ -412,7 +413,7 @@ def main(argv=None) -> dict:
     setup_logger(name="detectron2", abbrev_name="d2")
     logger.setLevel(logging.INFO)
     if args.combine:
-        return combine_runs([Path(d) for d in args.combine], out_dir, max(args.shots))
+        return combine_runs(args.combine, out_dir, max(args.shots))
     t0 = time.perf_counter()
 
     info = prepare_data(args)
@@ -562,24 +563,38 @@ def tfa_cfg(cfg, work: Path):
     return tfa
 
 
-def combine_runs(run_dirs: List[Path], out_dir: Path, k: int) -> dict:
+def combine_runs(sources: List[str], out_dir: Path, k: int) -> dict:
     """Training-run variance: every run's mean over K-shot seeds becomes one sample per
-    (method, K), and the summary is the mean ± std over runs (``n``: base trainings). A run
-    without a method (e.g. ``--skip-tfa``) adds no sample to it."""
+    (method, K), and the summary is the mean ± std over runs (``n``: base trainings).
+
+    A source is a run's ``--out-dir`` or its JSON file, optionally followed by
+    ``:method,method`` to take only those methods from it (e.g. the ``tfa`` rows of a run whose
+    FsodRCNN model is re-evaluated elsewhere, so that no training counts twice). A run without
+    a method (``--skip-tfa``) adds no sample to it."""
     rows, runs = [], []
-    for i, run_dir in enumerate(run_dirs):
-        path = run_dir / "fewshot_quality.json"
+    for i, source in enumerate(sources):
+        where, _, only = source.partition(":")
+        path = Path(where)
+        path = path / "fewshot_quality.json" if path.is_dir() else path
         if not path.is_file():
             raise FileNotFoundError(f"--combine: {path} does not exist (run the benchmark first)")
         report = json.loads(path.read_text())
+        methods = set(only.split(",")) if only else None
+        known = {key.split("@")[0] for key in report["summary"]}
+        if methods and not methods <= known:
+            raise ValueError(f"--combine {source}: no {sorted(methods - known)} in {path}")
         trainings = {
             key: report[key].get("iterations")
             for key in ("fsod_base_training", "tfa_base_training")
-            if report.get(key)
+            if report.get(key) and (methods is None or key.split("_")[0] in methods)
         }
-        runs.append({"dir": str(run_dir), "base_training_iterations": trainings})
-        runs[-1]["summary"] = report["summary"]
-        for key, stats in report["summary"].items():
+        summary = {
+            key: stats
+            for key, stats in report["summary"].items()
+            if methods is None or key.split("@")[0] in methods
+        }
+        runs.append({"source": source, "base_training_iterations": trainings, "summary": summary})
+        for key, stats in summary.items():
             method, shots = key.split("@")
             means = {m: v["mean"] for m, v in stats.items()}
             k_shots = int(shots.removesuffix("shot"))

@@ -153,7 +153,8 @@ def test_fewshot_quality_smoke(tmp_path, monkeypatch, restore_loggers):
 
 
 def test_fewshot_quality_combines_runs_over_base_trainings(tmp_path, restore_loggers):
-    """Each run's mean over seeds is one sample; a method missing from a run adds none."""
+    """Each run's mean over seeds is one sample; a method missing from a run adds none; a
+    source's ':methods' suffix takes only those rows from it (run d: its TFA model alone)."""
 
     def run(name, ours, tfa=None):
         rows = [("fsod", ours), ("fsod_shuffled", 0.5)] + ([("tfa", tfa)] if tfa else [])
@@ -168,19 +169,23 @@ def test_fewshot_quality_combines_runs_over_base_trainings(tmp_path, restore_log
         return str(tmp_path / name)
 
     dirs = [run("a", 10.0, 4.0), run("b", 14.0), run("c", 12.0, 8.0)]
+    dirs.append(run("d", 100.0, 6.0) + "/fewshot_quality.json:tfa")
     argv = ["--combine", *dirs, "--shots", "5", "--out-dir", str(tmp_path / "out")]
     combined = fewshot_quality.main(argv)
     assert combined["summary"]["fsod@5shot"]["nAP50"] == {"mean": 12.0, "std": pytest.approx(
         (8 / 3) ** 0.5), "n": 3}  # fmt: skip
-    assert combined["summary"]["tfa@5shot"]["nAP50"]["n"] == 2
+    assert combined["summary"]["tfa@5shot"]["nAP50"] == {"mean": 6.0, "std": pytest.approx(
+        (8 / 3) ** 0.5), "n": 3}  # fmt: skip
     assert combined["targets"]["vs_tfa"] == 6.0 and combined["targets"]["meets_3x_shuffled"]
     saved = json.loads((tmp_path / "out" / "fewshot_quality_combined.json").read_text())
-    assert [r["base_training_iterations"] for r in saved["runs"]] == [
-        {"fsod_base_training": 10}
-    ] * 3
+    trainings = [r["base_training_iterations"] for r in saved["runs"]]
+    assert trainings == [{"fsod_base_training": 10}] * 3 + [{}]
+    assert list(saved["runs"][3]["summary"]) == ["tfa@5shot"]
     assert "| fsod | 5 | 3 | 12.00 ± 1.63 |" in fewshot_quality.markdown_table(saved, "trainings")
     with pytest.raises(FileNotFoundError, match="missing"):
         fewshot_quality.main(["--combine", str(tmp_path / "missing"), "--out-dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="no \\['tfa_typo'\\]"):
+        fewshot_quality.main(["--combine", dirs[0] + ":tfa_typo", "--out-dir", str(tmp_path)])
 
 
 def test_fewshot_ablation_arms_are_valid_overrides_and_table():
