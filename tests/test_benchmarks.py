@@ -146,8 +146,14 @@ def test_fewshot_quality_smoke(tmp_path, monkeypatch, restore_loggers):
     assert set(report["targets"]) >= {"vs_shuffled_ratio", "meets_3x_shuffled", "meets_tfa"}
     table = fewshot_quality.markdown_table(saved).splitlines()
     assert len(table) == 2 + 7 and table[2].startswith("| fsod | 1 | 1 |")
-    training = saved["fsod_base_training"]
-    assert training["iterations"] >= 15 and "loss_match" in training["loss_terms"]
+    for key in ("fsod_base_training", "tfa_base_training"):
+        training = saved[key]
+        # three stretches, each resuming where the last stopped; curves cover all of them
+        stretches = training["stretches"]
+        assert len(stretches) == 3 and stretches == sorted(set(stretches))
+        assert stretches[-1] == training["iterations"] >= 15
+        assert len(training["loss_curve"]) == min(50, training["iterations"])
+    assert "loss_match" in saved["fsod_base_training"]["loss_terms"]
     for name in ("fewshot_quality", "fewshot_quality_losses", "fewshot_quality_detections"):
         assert (out / f"{name}.png").stat().st_size > 1000
 
