@@ -538,7 +538,7 @@ def base_model(trainer_cls, cfg, budget_s: float, weights: str = ""):
             if key.startswith("loss_")
         },
     }
-    if hasattr(trainer, "throughput"):
+    if hasattr(trainer, "throughput"):  # FsodTrainer's episode throughput, last stretch
         record["throughput"] = trainer.throughput.summary()
     return trainer.model, record
 
