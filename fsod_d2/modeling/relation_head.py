@@ -157,7 +157,7 @@ class MultiRelationROIHeads(Res5ROIHeads):
         match_loss_weight: float,
         box_loss_weight: float,
         class_contrast_weight: float = 0.0,
-        test_score: str = "sigmoid",
+        test_score: str = "softmax",
         **kwargs,
     ):
         super().__init__(**kwargs)
