@@ -153,7 +153,7 @@ def train_within_budget(trainer_cls, cfg, budget_s: float, calib_iters: int = 15
         trainer.resume_or_load(resume=phase > 0)
         trainer.train()
         trainers.append(trainer)
-        rate = (time.perf_counter() - began) / max(end - done, 1)
+        rate = (time.perf_counter() - began) / (end - done)  # end > done
         done = end
     return trainers, done, time.perf_counter() - start
 

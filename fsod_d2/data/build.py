@@ -134,6 +134,11 @@ class EpisodeDataset(Dataset):
         )
 
 
+def _problems(summary: dict[str, int]) -> dict[str, int]:
+    """The non-zero counters of a loader summary that are bad data (not ``INFO_KEYS``)."""
+    return {k: v for k, v in summary.items() if k not in INFO_KEYS and v}
+
+
 class EpisodicTrainLoader:
     """Iterable over lists of episode dicts (one list per iteration, this rank's share).
 
@@ -171,7 +176,7 @@ class EpisodicTrainLoader:
 
     def log_bad_data_summary(self, final: bool = False) -> None:
         s = self.bad_data_summary()
-        bad = {k: v for k, v in s.items() if k not in INFO_KEYS and v}
+        bad = _problems(s)
         level = logging.WARNING if bad else logging.INFO
         logger.log(
             level,
@@ -191,7 +196,7 @@ class EpisodicTrainLoader:
                 yield batch
                 now = time.perf_counter()
                 if now - last_log > _SUMMARY_PERIOD_S:
-                    bad = {k: v for k, v in self.bad_data_summary().items() if k not in INFO_KEYS}
+                    bad = _problems(self.bad_data_summary())
                     if bad != last_bad:  # only when something new went wrong
                         self.log_bad_data_summary()
                         last_bad = bad

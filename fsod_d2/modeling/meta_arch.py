@@ -217,6 +217,16 @@ class FsodRCNN(GeneralizedRCNN):
         """Cross-entropy of the base classifier over every support crop (its episode class)
         and every ground-truth box of the queries (the episode's classes: the mapper keeps only
         those), labelled with dataset class ids."""
+        num_classes = self.base_classifier.out_features
+        ids = [x["support_classes"] for x in batched_inputs]
+        ids += [x["instances"].gt_classes for x in batched_inputs]
+        top = max(int(t.max()) for t in ids if t.numel())  # loader's CPU tensors: no device sync
+        if top >= num_classes:
+            raise ValueError(
+                f"class id {top} in the training data, but the base classifier has "
+                f"{num_classes} classes: set MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES to the "
+                "dataset's number of classes (or 0: from DATASETS.TRAIN[0]'s thing_classes)"
+            )
         shots = shot_rois.shape[2]
         support_labels = cat(
             [x["support_classes"].to(self.device).repeat_interleave(shots) for x in batched_inputs]
@@ -227,13 +237,6 @@ class FsodRCNN(GeneralizedRCNN):
         )
         pooled = cat([shot_rois.flatten(0, 2), query_rois]).mean(dim=(2, 3))
         labels = cat([support_labels, cat([t.gt_classes for t in gt])])
-        num_classes = self.base_classifier.out_features
-        if int(labels.max()) >= num_classes:
-            raise ValueError(
-                f"class id {int(labels.max())} in the training data, but the base classifier has "
-                f"{num_classes} classes: set MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES to the "
-                "dataset's number of classes (or 0: from DATASETS.TRAIN[0]'s thing_classes)"
-            )
         return F.cross_entropy(self.base_classifier(pooled), labels)
 
     def _losses(
