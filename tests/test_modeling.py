@@ -105,37 +105,39 @@ def test_overfit_one_episode():
 
 
 def test_support_swap_scores_the_right_class():
-    """Train on episodes of 2 shapes; on a query with only class A, A's prototypes must score
-    higher than B's (the score depends on the support, not on the query alone)."""
+    """The score of a query follows its support. Two fixed episodes (one query with a square,
+    one with a disc, both paired with supports of both classes) are fitted until the match loss
+    is near zero; then each query, given its own class's support, must score far above the same
+    query given the other class's support (a clear margin, not a marginal trained outcome: the
+    episodes are memorised, so the margin is ~0.9 on any CPU kernel and thread count)."""
     cfg = get_tiny_cfg("FSOD.K_SHOT", 1)
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
     rng = np.random.default_rng(0)
+    batch = [synthetic_episode(cfg, rng, [c], [0, 1]) for c in (0, 1)]
+    steps = 150
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     with EventStorage(0):
-        for step in range(150):
-            present = [step % 2]
-            batch = [synthetic_episode(cfg, rng, present, [0, 1]) for _ in range(2)]
-            loss = sum(model(batch).values())
+        for _ in range(steps):
+            losses = model(batch)
             opt.zero_grad()
-            loss.backward()
+            sum(losses.values()).backward()
             opt.step()
+            sched.step()
+    assert losses["loss_match"].item() < 0.1, f"episodes not fitted: {losses}"
     model.eval()
-    wins = 0
-    for a in (0, 1):
-        b = 1 - a
-        image, _ = synthetic_query(np.random.default_rng(100 + a), [a])
+    for episode in batch:
+        present = int(episode["instances"].gt_classes[0])
         top = {}
-        for cls in (a, b):
-            sup, boxes = synthetic_supports(
-                np.random.default_rng(200 + cls), [cls], 3, cfg.FSOD.SUPPORT.SIZE
-            )
+        for cls in (0, 1):  # support_images are class-major, K = 1: row cls is class cls
+            sup = episode["support_images"][cls : cls + 1]
+            boxes = episode["support_boxes"][cls : cls + 1]
             model.set_prototypes(model.compute_prototypes(sup, boxes, [cls]))
-            scores = model([{"image": image}])[0]["instances"].scores
+            scores = model([{"image": episode["image"]}])[0]["instances"].scores
             top[cls] = scores.max().item() if len(scores) else 0.0
-        wins += top[a] > top[b]
-    assert wins == 2, f"support swap failed: scores {top}"
+        assert top[present] - top[1 - present] > 0.5, f"support swap: scores {top}"
 
 
 def test_prototype_file_round_trip_and_stale_detection(tmp_path):
