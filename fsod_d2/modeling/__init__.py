@@ -5,6 +5,7 @@ from .backbone import build_fsod_tiny_backbone
 from .meta_arch import FsodRCNN
 from .relation_head import MultiRelationROIHeads
 from .support import PrototypeSet
+from .torchvision_backbone import build_torchvision_backbone
 
 __all__ = [
     "AttentionRPN",
@@ -13,4 +14,5 @@ __all__ = [
     "MultiRelationROIHeads",
     "PrototypeSet",
     "build_fsod_tiny_backbone",
+    "build_torchvision_backbone",
 ]

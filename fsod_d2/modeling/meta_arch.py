@@ -1,5 +1,6 @@
 """FsodRCNN: few-shot detector with a shared backbone, attention-RPN and multi-relation head."""
 
+import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -12,7 +13,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .fold_bn import fold_frozen_bn
+from .relation_head import res5_channels
 from .support import PrototypeSet, StalePrototypeError, support_fingerprint, weights_fingerprint
+
+logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()
@@ -79,10 +83,11 @@ class FsodRCNN(GeneralizedRCNN):
         ret["per_class_reference"] = cfg.MODEL.FSOD.PER_CLASS_REFERENCE
         ret["fold_bn"] = cfg.MODEL.FSOD.FOLD_FROZEN_BN
         aux = cfg.MODEL.FSOD.BASE_CLASSIFIER
-        if aux.WEIGHT > 0:
-            channels = ret["roi_heads"].res5[-1].out_channels
-            ret["base_classifier"] = nn.Linear(channels, _base_classifier_classes(cfg))
-            ret["base_classifier_weight"] = aux.WEIGHT
+        num_classes = _base_classifier_classes(cfg) if aux.WEIGHT > 0 else 0
+        if num_classes:
+            channels = res5_channels(ret["roi_heads"].res5)
+            ret["base_classifier"] = nn.Linear(channels, num_classes)
+        ret["base_classifier_weight"] = aux.WEIGHT
         return ret
 
     # ------------------------------------------------------------------ supports
@@ -168,7 +173,13 @@ class FsodRCNN(GeneralizedRCNN):
         kernels, shot_rois = self._episode_prototypes(batched_inputs)
         prototypes = shot_rois.mean(2)
         losses = {}
-        if self.base_classifier is not None:
+        if self.base_classifier_weight > 0:
+            if self.base_classifier is None:
+                raise ValueError(
+                    "MODEL.FSOD.BASE_CLASSIFIER.WEIGHT > 0 needs the number of dataset classes: "
+                    "set MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES, or register DATASETS.TRAIN[0] "
+                    "with thing_classes before building the model"
+                )
             losses["loss_base_cls"] = self.base_classifier_weight * self._base_class_loss(
                 features, shot_rois, batched_inputs
             )
@@ -314,18 +325,22 @@ class FsodRCNN(GeneralizedRCNN):
 
 
 def _base_classifier_classes(cfg) -> int:
-    """MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES, or the training dataset's number of classes."""
+    """MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES, or the training dataset's number of classes;
+    0 when neither is known. The classifier is training-only, so inference (``--eval-only``,
+    tools/predict.py) builds without it and ignores its weights in a checkpoint; training
+    without it raises in ``forward``."""
     num = cfg.MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES
     if num > 0:
         return num
     name = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
-    classes = MetadataCatalog.get(name).get("thing_classes") if name else None
+    classes = MetadataCatalog.get(name).get("thing_classes") if name in MetadataCatalog else None
     if not classes:
-        raise ValueError(
-            "MODEL.FSOD.BASE_CLASSIFIER.WEIGHT > 0 needs the number of dataset classes: set "
-            "MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES, or register DATASETS.TRAIN[0] "
-            f"({name!r}) with thing_classes before building the model"
+        logger.info(
+            "MODEL.FSOD.BASE_CLASSIFIER: the number of classes is unknown (DATASETS.TRAIN[0] "
+            "%r is not registered): built without the training-only classifier",
+            name,
         )
+        return 0
     return len(classes)
 
 

@@ -25,6 +25,8 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_i
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from torch import Tensor, nn
 
+from .torchvision_backbone import build_torchvision_roi_stage, uses_torchvision_backbone
+
 # pairs scored per chunk by the gather-heavy branches; bounds peak memory
 _PAIR_CHUNK = 1024
 _TEST_SCORES = ("sigmoid", "softmax")
@@ -125,6 +127,12 @@ class MultiRelation(nn.Module):
         return next(self.parameters()).dtype
 
 
+def res5_channels(res5: nn.Module) -> int:
+    """Output channels of the ROI head's per-box stage (detectron2's res5 or a torchvision
+    stage)."""
+    return getattr(res5, "out_channels", None) or res5[-1].out_channels
+
+
 def _chunked(fn: Callable[[Tensor, Tensor], Tensor], qi: Tensor, si: Tensor) -> Tensor:
     if qi.numel() <= _PAIR_CHUNK:
         return fn(qi, si)
@@ -192,7 +200,7 @@ class MultiRelationROIHeads(Res5ROIHeads):
         ret = super().from_config(cfg, input_shape)
         # the classifier of Res5ROIHeads is replaced by the relation module
         ret.pop("box_predictor")
-        _, out_channels = cls._build_res5_block(cfg)
+        out_channels = res5_channels(ret["res5"])
         m = cfg.MODEL.FSOD
         ret["box_predictor"] = None
         ret["relation"] = MultiRelation(
@@ -216,6 +224,13 @@ class MultiRelationROIHeads(Res5ROIHeads):
         ret["class_contrast_weight"] = m.CLASS_CONTRAST_WEIGHT
         ret["test_score"] = m.TEST_SCORE
         return ret
+
+    @classmethod
+    def _build_res5_block(cls, cfg):
+        """detectron2's res5, or the stride-32 stage of a torchvision backbone (pretrained)."""
+        if uses_torchvision_backbone(cfg):
+            return build_torchvision_roi_stage(cfg)
+        return super()._build_res5_block(cfg)
 
     # ------------------------------------------------------------------ supports
     def encode_supports(self, features: Tensor, boxes: Tensor) -> Tuple[Tensor, Tensor]:
