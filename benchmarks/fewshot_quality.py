@@ -1,27 +1,35 @@
-"""Does it transfer? Novel-class AP on a generated few-shot benchmark, with baselines, on CPU.
+"""Does it transfer? Novel-class AP on two generated benchmark families, pretrained vs scratch.
 
-One command builds (or reuses) a hard generated dataset (40 base + 10 novel procedurally drawn
-categories on real photos, strong intra-class variation, occluding clutter), then, in one run:
+Cells are (family, arm). Families (both 40 base + 10 novel classes on real-photo backgrounds,
+written independently of each other, same configs and schedules on both):
 
-1. trains FsodRCNN episodically on the base classes only, within a wall-clock budget;
-2. evaluates all classes with K-shot supports (K = 1, 5; several seeds of the K-shot draw):
-   ``fsod`` (no fine-tuning) and ``fsod_shuffled`` (same model, supports shuffled between
-   classes: must collapse toward chance);
-3. ``fsod_finetuned``: the episodic model fine-tuned on the K-shot set of every class;
-4. ``tfa``: a plain detectron2 Faster R-CNN (same backbone, input sizes and budget) trained on
-   the base classes, then its last layer fine-tuned on the K-shot set (TFA-style).
+* ``shapes``: procedurally drawn shapes x fill patterns x colour schemes, 240 x 320 images,
+  objects ~25-80 px, occluding clutter (:mod:`fsod_datagen.shapes`);
+* ``objects``: :mod:`fsod_datagen.objects` (other object kinds, varying image sizes, objects
+  from ~14 to ~180 px).
 
-The K-shot draw of a seed (a TFA-style split of the train set) is the only novel-class data any
-method sees: supports are drawn from it, and fine-tuning trains on it.
+Arms (each trains once on the base classes with the schedule its config holds; nothing here
+rescales it):
 
-Writes ``fewshot_quality.json`` (nAP, nAP50, bAP, bAP50 per method, K and seed, plus means,
-targets and per-term loss curves), a bar chart, the loss curves and a grid of detections on
-novel classes. Results and their analysis: benchmarks/README.md, *Few-shot quality*.
+* ``fsod_pretrained``: FsodRCNN on torchvision's ImageNet MobileNetV2,
+  ``configs/fsod_mnv2_cpu.yaml`` (the recipe users run); evaluated with its own supports and
+  with the supports shuffled between classes (``fsod_pretrained_shuffled``, the
+  support-agnostic control);
+* ``fsod_scratch``: the tiny CNN trained from scratch,
+  ``configs/benchmarks/fsod_tiny_scratch_cpu.yaml``;
+* ``tfa_pretrained``: a plain Faster R-CNN on the same pretrained MobileNetV2
+  (``configs/benchmarks/tfa_mnv2_cpu.yaml``), then TFA's stage 2 per K-shot set: only the last
+  layer trains, on the balanced K-shot set of every class (``tfa_mnv2_cpu_finetune.yaml``).
 
-    python benchmarks/fewshot_quality.py --budget-min 15          # full run, ~50 min on 2 cores
-    python benchmarks/fewshot_quality.py --budget-min 1 --seeds 0 --shots 1 --finetune-iters 5
-    python benchmarks/fewshot_quality.py --table                  # Markdown table of the JSON
-    python benchmarks/fewshot_quality.py --combine RUN[:METHODS] ... --out-dir DIR  # over trainings
+Every cell is evaluated on the family's val set for K in ``--shots`` and K-shot draws
+``--seeds`` (seeded TFA-style splits of the train set: the only novel-class data any method
+sees). Each cell writes ``cells/<family>_<arm>.json`` (metrics per K and seed, training
+iterations, seconds, per-term loss curves); ``--table`` combines the cells into
+``fewshot_quality.json`` and a Markdown table (mean ± sample std over K-shot draws).
+
+    python benchmarks/fewshot_quality.py --jobs 2            # every cell, 2 processes, ~2 h
+    python benchmarks/fewshot_quality.py --family objects --arm fsod_pretrained
+    python benchmarks/fewshot_quality.py --table             # combine the cells
 """
 
 import argparse
@@ -29,153 +37,105 @@ import copy
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import inference_on_dataset
-from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine_info, save_json  # noqa: E402
 from fsod_d2.data import build_support_set, register_fewshot_coco  # noqa: E402
 from fsod_d2.data.splits import dump_json, sample_kshot  # noqa: E402
-from fsod_d2.data.toy import generate_toy_dataset  # noqa: E402
 from fsod_d2.engine.trainer import FsodTrainer, setup_cfg, unwrap_model  # noqa: E402
 from fsod_d2.evaluation.fsod_evaluation import FsodCOCOEvaluator  # noqa: E402
 from fsod_d2.modeling import PrototypeSet  # noqa: E402
 
 logger = logging.getLogger("fsod_d2.benchmarks.fewshot_quality")
 REPO = Path(__file__).resolve().parents[1]
-TRAIN, VAL = "fsodq_train", "fsodq_val"
+CONFIGS = REPO / "configs"
+FAMILIES = ("shapes", "objects")
+ARMS = {
+    "fsod_pretrained": CONFIGS / "fsod_mnv2_cpu.yaml",
+    "fsod_scratch": CONFIGS / "benchmarks" / "fsod_tiny_scratch_cpu.yaml",
+    "tfa_pretrained": CONFIGS / "benchmarks" / "tfa_mnv2_cpu.yaml",
+}
+TFA_FINETUNE = CONFIGS / "benchmarks" / "tfa_mnv2_cpu_finetune.yaml"
+METRICS = ("AP", "AP50", "bAP", "bAP50", "nAP", "nAP50")
 
 
 # ------------------------------------------------------------------------------------ data
-def prepare_data(args) -> dict:
-    root = Path(os.environ.get("DETECTRON2_DATASETS", "datasets")) / "fsod_quality"
-    info = generate_toy_dataset(
-        root,
-        num_base=40,
-        num_novel=10,
-        num_train=args.num_train,
-        num_val=args.num_val,
-        difficulty="hard",
-        seed=args.data_seed,
-    )
-    base, novel = info["base_classes"], info["novel_classes"]
-    val_json = info["val_json"]
-    if args.eval_images:  # evaluate on the first N val images (time budget)
-        val = json.loads(Path(val_json).read_text())
-        keep = {im["id"] for im in val["images"][: args.eval_images]}
-        val["images"] = [im for im in val["images"] if im["id"] in keep]
-        val["annotations"] = [a for a in val["annotations"] if a["image_id"] in keep]
-        val_json = str(root / "splits" / f"val_first{args.eval_images}.json")
-        dump_json(val, val_json)
-    for name, path in ((TRAIN, info["train_json"]), (VAL, val_json)):
-        register_fewshot_coco(name, path, info["image_root"], base, novel)
-    coco = json.loads(Path(info["train_json"]).read_text())
-    for k in args.shots:
-        for seed in args.seeds:
-            path = root / "splits" / f"train_{k}shot_seed{seed}.json"
-            if not path.exists():
-                dump_json(sample_kshot(coco, k, seed, source=info["train_json"]), str(path))
-            register_fewshot_coco(kshot_name(k, seed), path, info["image_root"], base, novel)
-    return info
+class Family:
+    """One benchmark family: generated (or reused) under $DETECTRON2_DATASETS/fewshot_<name>,
+    registered as ``fq_<name>_{train,val}`` plus its seeded K-shot splits."""
 
+    def __init__(self, name: str, shots: List[int], seeds: List[int], num_train: int, num_val: int):
+        self.name = name
+        self.train, self.val = f"fq_{name}_train", f"fq_{name}_val"
+        root = Path(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")))
+        self.root = root / f"fewshot_{name}"
+        info = self._generate(num_train, num_val)
+        self.stats = info["stats"]
+        base, novel = info["base_classes"], info["novel_classes"]
+        for name_, path in ((self.train, info["train_json"]), (self.val, info["val_json"])):
+            register_fewshot_coco(name_, path, info["image_root"], base, novel)
+        coco = json.loads(Path(info["train_json"]).read_text())
+        for k in shots:
+            for seed in seeds:
+                path = self.root / "splits" / f"train_{k}shot_seed{seed}.json"
+                if not path.exists():
+                    dump_json(sample_kshot(coco, k, seed, source=info["train_json"]), str(path))
+                register_fewshot_coco(self.kshot(k, seed), path, info["image_root"], base, novel)
 
-def kshot_name(k: int, seed: int) -> str:
-    return f"{TRAIN}_{k}shot_seed{seed}"
+    def _generate(self, num_train: int, num_val: int) -> dict:
+        sizes = dict(num_base=40, num_novel=10, num_train=num_train, num_val=num_val)
+        if self.name == "shapes":
+            from fsod_datagen.shapes import generate_toy_dataset
+
+            return generate_toy_dataset(self.root, difficulty="hard", seed=0, **sizes)
+        from fsod_datagen.objects import generate_objects_dataset
+
+        return generate_objects_dataset(self.root, seed=0, **sizes)
+
+    def kshot(self, k: int, seed: int) -> str:
+        return f"{self.train}_{k}shot_seed{seed}"
 
 
 # ------------------------------------------------------------------------------- training
-def _median_step_seconds(trainer) -> float:
-    hist = trainer.storage.history("time").values()
-    times = [t for t, _ in hist][3:] or [t for t, _ in hist]
-    return float(np.median(times))
+def loss_curves(trainer, points: int = 50) -> Dict[str, list]:
+    """Every loss term's per-iteration values (and the total), in ``points`` chunk means."""
+    out = {}
+    for key in sorted(trainer.storage.histories()):
+        if key == "total_loss" or key.startswith("loss_"):
+            values = np.array([v for v, _ in trainer.storage.history(key).values()])
+            out[key] = [float(c.mean()) for c in np.array_split(values, min(points, len(values)))]
+    return out
 
 
-def scaled_for_world_size(cfg):
-    """``cfg`` with SOLVER.REFERENCE_WORLD_SIZE scaling applied now (batch, LR, schedule), so
-    that iteration counts and LRs set afterwards are the ones that run."""
-    cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-    cfg.defrost()
-    cfg.SOLVER.REFERENCE_WORLD_SIZE = 0
-    return cfg
-
-
-def train_within_budget(trainer_cls, cfg, budget_s: float, calib_iters: int = 15, phases: int = 3):
-    """Train a fresh model for ``budget_s`` of wall clock; returns (trainers, iterations,
-    seconds), one trainer per phase.
-
-    A timing of the first steps gives the first plan. A step's cost drifts as the model learns
-    (the timing was 14 % fast for FsodRCNN and 11 % slow for Faster R-CNN in one run), so the
-    training runs in ``phases`` stretches: after each, the iteration count is planned again from
-    the rate of the last stretch (model and loader builds included), and the next stretch
-    resumes from its checkpoint with the new SOLVER.MAX_ITER. LR steps at 80 % and 95 % of the
-    latest plan. A loader that cannot resume mid-stream (no ``start_iter``, e.g. detectron2's
-    default) gets a new SEED per stretch instead, so no stretch repeats an earlier data order.
-    """
-    cfg = scaled_for_world_size(cfg)
-    calib = cfg.clone()
-    calib.SOLVER.MAX_ITER = calib_iters
-    calib.SOLVER.CHECKPOINT_PERIOD = 10**9
-    calib.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "calibration")
-    trainer = trainer_cls(calib)
+def train(trainer_cls, cfg) -> tuple:
+    """Train with the config's own schedule; returns (trainer, record of the training)."""
+    start = time.perf_counter()
+    trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    rate = _median_step_seconds(trainer)
-    start = time.perf_counter()
-    done, trainers = 0, []
-    for phase in range(phases):
-        remaining = budget_s - (time.perf_counter() - start)
-        total = max(done + int(remaining / rate), done + 1, calib_iters)
-        end = total if phase == phases - 1 else done + max((total - done) // (phases - phase), 1)
-        logger.info(
-            "%s: %.3f s/iter -> %d iterations in %.1f min; stretch %d/%d to iteration %d",
-            trainer_cls.__name__, rate, total, budget_s / 60, phase + 1, phases, end,
-        )  # fmt: skip
-        run = cfg.clone()
-        run.SOLVER.MAX_ITER = end
-        run.SOLVER.STEPS = (int(0.8 * total), int(0.95 * total))
-        run.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, total // 10)
-        run.SOLVER.CHECKPOINT_PERIOD = end
-        if trainers and not hasattr(trainers[0].data_loader, "start_iter"):
-            run.SEED = cfg.SEED + phase
-        began = time.perf_counter()
-        trainer = trainer_cls(run)
-        trainer.resume_or_load(resume=phase > 0)
-        trainer.train()
-        trainers.append(trainer)
-        rate = (time.perf_counter() - began) / (end - done)  # end > done
-        done = end
-    return trainers, done, time.perf_counter() - start
-
-
-def loss_curve(trainers: list, key: str = "total_loss", points: int = 50) -> list:
-    """``key``'s per-iteration values over the stretches of a training, in ``points`` chunk
-    means."""
-    values = [
-        v
-        for t in trainers
-        if key in t.storage.histories()
-        for v, _ in t.storage.history(key).values()
-    ]
-    if not values:
-        return []
-    chunks = np.array_split(np.array(values), min(points, len(values)))
-    return [float(c.mean()) for c in chunks]
+    record = {
+        "iterations": cfg.SOLVER.MAX_ITER,
+        "episodes_or_images_per_iteration": cfg.SOLVER.IMS_PER_BATCH,
+        "seconds": time.perf_counter() - start,
+        "losses": loss_curves(trainer),
+    }
+    return trainer, record
 
 
 class BaselineTrainer(DefaultTrainer):
-    """Plain detectron2 training with the optimizer FsodTrainer uses (FSOD.ENGINE.OPTIMIZER),
-    so that the baseline gets the same optimizer, LR and budget as FsodRCNN."""
+    """Plain detectron2 training with the optimizer FsodTrainer uses (FSOD.ENGINE.OPTIMIZER)."""
 
     build_optimizer = FsodTrainer.build_optimizer  # bound: its super() resolves in FsodTrainer
 
@@ -205,159 +165,219 @@ class TFAFinetuneTrainer(BaselineTrainer):
 
 
 # ----------------------------------------------------------------------------- evaluation
-def evaluate(cfg, model, out_dir: str) -> dict:
-    evaluator = FsodCOCOEvaluator(VAL, output_dir=out_dir)
+def evaluate(cfg, model, dataset: str, out_dir: str) -> dict:
     prototypes = getattr(unwrap_model(model), "prototypes", None)
-    if prototypes is not None:
-        evaluator.class_ids = prototypes.class_ids.tolist()
-    loader = build_detection_test_loader(cfg, VAL)
+    class_ids = prototypes.class_ids.tolist() if prototypes is not None else None
+    evaluator = FsodCOCOEvaluator(dataset, output_dir=out_dir)
+    if class_ids is not None:
+        evaluator.class_ids = class_ids
+    loader = build_detection_test_loader(cfg, dataset)
     bbox = inference_on_dataset(model, loader, evaluator)["bbox"]
-    # COCOeval reports NaN when a model makes no detection at all; for us that is AP 0 (every
+    # COCOeval reports NaN when a model makes no detection at all; that is AP 0 here (every
     # group has ground truth in the val set)
-    metrics = ("AP", "AP50", "bAP", "bAP50", "nAP", "nAP50")
-    return {k: float(np.nan_to_num(bbox.get(k, float("nan")))) for k in metrics}
+    return {k: float(np.nan_to_num(bbox.get(k, float("nan")))) for k in METRICS}
 
 
-def support_prototypes(cfg, model, k: int, seed: int, shuffle: bool = False) -> PrototypeSet:
-    """Prototypes of every class from the seed's K-shot split; ``shuffle`` assigns each class
-    another class's prototype (a derangement), the support-agnostic baseline."""
-    images, boxes, class_ids, names = build_support_set(cfg, kshot_name(k, seed), k, seed)
+def support_prototypes(cfg, model, family: Family, k: int, seed: int, shuffle=False):
+    """Prototypes of every class from the seed's K-shot split; ``shuffle`` gives each class
+    another class's prototype (a rotation: no class keeps its own), the support-agnostic
+    control."""
+    images, boxes, class_ids, names = build_support_set(cfg, family.kshot(k, seed), k, seed)
     protos = unwrap_model(model).compute_prototypes(images, boxes, class_ids, names)
     if shuffle:
         n = len(protos)
-        perm = (torch.arange(n) + 1 + torch.randperm(n - 1)[0]) % n  # a rotation: no fixed point
-        protos = PrototypeSet(
-            protos.class_ids,
-            protos.rpn_kernels[perm],
-            protos.roi_prototypes[perm],
-            protos.class_names,
-        )
+        perm = (torch.arange(n) + 1 + torch.randperm(n - 1)[0]) % n
+        kernels, rois = protos.rpn_kernels[perm], protos.roi_prototypes[perm]
+        protos = PrototypeSet(protos.class_ids, kernels, rois, protos.class_names)
     return protos
 
 
-def eval_fsod(cfg, model, k, seed, out_dir, shuffle=False) -> dict:
+def eval_fsod(cfg, model, family: Family, k, seed, out_dir, shuffle=False) -> dict:
     model.eval()
-    model.set_prototypes(support_prototypes(cfg, model, k, seed, shuffle))
+    torch.manual_seed(seed)
+    model.set_prototypes(support_prototypes(cfg, model, family, k, seed, shuffle))
     try:
-        return evaluate(cfg, model, out_dir)
+        return evaluate(cfg, model, family.val, out_dir)
     finally:
         model.set_prototypes(None)
 
 
+# ---------------------------------------------------------------------------------- cells
+def cell_cfg(arm: str, family: Family, out_dir: Path, opts: List[str]):
+    cfg = setup_cfg(str(ARMS[arm]), list(opts))
+    cfg.defrost()
+    cfg.DATASETS.TRAIN = (f"{family.train}_base",)
+    cfg.DATASETS.TEST = ()  # evaluated below, per K-shot draw
+    cfg.OUTPUT_DIR = str(out_dir)
+    cfg.FSOD.SUPPORT.CACHE_DIR = str(out_dir.parent / f"support_cache_{family.name}")
+    if arm == "tfa_pretrained":
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(MetadataCatalog.get(family.val).thing_classes)
+    return cfg
+
+
+def run_cell(args, family: Family, arm: str, work: Path) -> dict:
+    out = work / f"{family.name}_{arm}"
+    cfg = cell_cfg(arm, family, out, args.opts)
+    rows = []
+    if arm.startswith("fsod"):
+        trainer, record = train(FsodTrainer, cfg)
+        model = trainer.model
+        for k in args.shots:
+            for seed in args.seeds:
+                control = arm == "fsod_pretrained" and k == max(args.shots)
+                for shuffle in [False, True] if control else [False]:
+                    m = eval_fsod(cfg, model, family, k, seed, str(out / "eval"), shuffle)
+                    method = arm + ("_shuffled" if shuffle else "")
+                    rows.append({"method": method, "k": k, "seed": seed, **m})
+                    logger.info("%s %s K=%d seed=%d: %s", family.name, method, k, seed, m)
+        grid = work / f"{family.name}_{arm}.png"
+        plot_detections(cfg, model, family, max(args.shots), args.seeds[0], grid)
+    else:
+        trainer, record = train(BaselineTrainer, cfg)
+        TFAFinetuneTrainer.base_weights = copy.deepcopy(trainer.model.state_dict())
+        TFAFinetuneTrainer.novel_ids = list(MetadataCatalog.get(family.val).novel_ids)
+        record["finetune"] = []
+        for k in args.shots:
+            for seed in args.seeds:
+                ft = cfg.clone()
+                ft.merge_from_file(str(TFA_FINETUNE))
+                ft.DATASETS.TRAIN = (family.kshot(k, seed),)
+                ft.OUTPUT_DIR = str(out / f"finetune_{k}shot_seed{seed}")
+                ft_trainer, ft_record = train(TFAFinetuneTrainer, ft)
+                ft_record.pop("losses")
+                record["finetune"].append({"k": k, "seed": seed, **ft_record})
+                ft_trainer.model.eval()
+                m = evaluate(ft, ft_trainer.model, family.val, ft.OUTPUT_DIR)
+                rows.append({"method": arm, "k": k, "seed": seed, **m})
+                logger.info("%s %s K=%d seed=%d: %s", family.name, arm, k, seed, m)
+    config = str(ARMS[arm].relative_to(REPO))
+    return {"family": family.name, "arm": arm, "config": config, "data": family.stats,
+            "training": record, "runs": rows}  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------- outputs
-def summarize(runs: list) -> dict:
-    table = {}
-    for r in runs:
-        table.setdefault(f"{r['method']}@{r['k']}shot", []).append(r)
+def sample_std(values) -> float:
+    """Sample standard deviation (ddof=1); NaN for fewer than two values."""
+    values = np.asarray(values, dtype=float)
+    return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+
+
+def summarize(rows: list) -> dict:
+    """Mean ± sample std over K-shot draws per (family, method, K)."""
+    groups: Dict[str, list] = {}
+    for r in rows:
+        groups.setdefault(f"{r['family']}/{r['method']}@{r['k']}shot", []).append(r)
     out = {}
-    for key, rs in table.items():
-        out[key] = {
-            m: {
-                "mean": float(np.nanmean([r[m] for r in rs])),
-                "std": float(np.nanstd([r[m] for r in rs])),
-                "n": len(rs),
-            }
-            for m in ("nAP", "nAP50", "bAP", "bAP50", "AP")
+    for key, rs in groups.items():
+        out[key] = {}
+        for m in METRICS:
+            values = [r[m] for r in rs]
+            out[key][m] = {"mean": float(np.mean(values)), "std": sample_std(values), "n": len(rs)}
+    return out
+
+
+def targets(summary: dict, k: int) -> dict:
+    """Pretrained FsodRCNN at K shots: >= 2x the scratch model and >= TFA in nAP50, bAP50 >= 50,
+    per family."""
+
+    def get(family, method, metric="nAP50"):
+        stats = summary.get(f"{family}/{method}@{k}shot", {}).get(metric, {})
+        return stats.get("mean", float("nan"))
+
+    out = {}
+    for family in FAMILIES:
+        ours, scratch = get(family, "fsod_pretrained"), get(family, "fsod_scratch")
+        tfa, base = get(family, "tfa_pretrained"), get(family, "fsod_pretrained", "bAP50")
+        out[family] = {
+            f"{k}shot_nAP50": ours,
+            "vs_scratch_ratio": ours / scratch if scratch > 0 else float("inf"),
+            "meets_2x_scratch": bool(ours > 0 and ours >= 2 * scratch),
+            "vs_tfa": ours - tfa,
+            "meets_tfa": bool(ours >= tfa),
+            "bAP50": base,
+            "meets_bAP50_50": bool(base >= 50),
         }
     return out
 
 
-def markdown_table(report: dict, count: str = "seeds") -> str:
-    """Mean ± std over seeds (or, for combined runs, over base trainings: ``count``) per
-    method and K (COCO AP in %), as in benchmarks/README.md."""
-    metrics = ("nAP50", "nAP", "bAP50", "bAP")
-    rows = [
-        f"| method | K | {count} | " + " | ".join(metrics) + " |",
-        "|---|---|---|" + "---|" * len(metrics),
-    ]
-    order = ("fsod", "fsod_shuffled", "fsod_finetuned", "tfa")
-    keys = sorted(report["summary"], key=lambda k: (order.index(k.split("@")[0]), k))
-    for key in keys:
-        stats = report["summary"][key]
-        method, k = key.split("@")
-        cells = [
-            f"{stats[m]['mean']:.2f} ± {stats[m]['std']:.2f}" if m in stats else "-"
-            for m in metrics
-        ]
-        n = next(iter(stats.values()))["n"]
-        rows.append(f"| {method} | {k.removesuffix('shot')} | {n} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+def markdown_table(summary: dict, shots: List[int]) -> str:
+    """One row per (family, method): nAP50 per K and bAP50 at the largest K, mean ± std."""
+    top = max(shots)
+    head = "| family | method | " + " | ".join(f"{k}-shot nAP50" for k in shots)
+    lines = [head + f" | bAP50 ({top}-shot) | draws |", "|---|---|" + "---|" * (len(shots) + 2)]
+    methods = ("fsod_pretrained", "fsod_pretrained_shuffled", "fsod_scratch", "tfa_pretrained")
+
+    def cell(key, metric):
+        s = summary.get(key, {}).get(metric)
+        return f"{s['mean']:.2f} ± {s['std']:.2f}" if s else "-"
+
+    for family in FAMILIES:
+        for method in methods:
+            keys = [f"{family}/{method}@{k}shot" for k in shots]
+            if not any(key in summary for key in keys):
+                continue
+            n = max(summary[key]["nAP50"]["n"] for key in keys if key in summary)
+            cells = [cell(key, "nAP50") for key in keys] + [cell(keys[-1], "bAP50")]
+            lines.append(f"| {family} | {method} | " + " | ".join(cells) + f" | {n} |")
+    return "\n".join(lines)
 
 
-def plot_bars(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = sorted(summary)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    for ax, metric in zip(axes, ("nAP50", "nAP")):
-        means = [summary[k][metric]["mean"] for k in keys]
-        stds = [summary[k][metric]["std"] for k in keys]
-        ax.bar(
-            range(len(keys)),
-            means,
-            yerr=stds,
-            capsize=3,
-            color=[
-                "C0"
-                if k.startswith("fsod@")
-                else "C1"
-                if "finetuned" in k
-                else "C3"
-                if "shuffled" in k
-                else "C2"
-                for k in keys
-            ],
-        )
-        ax.set_xticks(range(len(keys)), keys, rotation=35, ha="right", fontsize=8)
-        ax.set_ylabel(f"{metric} (novel classes)")
-        ax.set_title(f"{metric}: mean +/- std over seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+def combine(out_dir: Path, shots: List[int]) -> dict:
+    cells = [json.loads(p.read_text()) for p in sorted((out_dir / "cells").glob("*.json"))]
+    if not cells:
+        raise FileNotFoundError(f"no cells in {out_dir / 'cells'}: run the benchmark first")
+    rows = [{"family": c["family"], **r} for c in cells for r in c["runs"]]
+    summary = summarize(rows)
+    keep = ("config", "data", "training", "wall_seconds")
+    report = {
+        "machine": machine_info(),
+        "cells": {f"{c['family']}/{c['arm']}": {k: c[k] for k in keep if k in c} for c in cells},
+        "summary": summary,
+        "targets": targets(summary, max(shots)),
+    }
+    save_json("fewshot_quality", report, out_dir)
+    plot_losses(report, out_dir / "fewshot_quality_losses.png")
+    logger.info("\n%s", markdown_table(summary, shots))
+    logger.info("targets: %s", json.dumps(report["targets"], indent=1))
+    return report
 
 
 def plot_losses(report: dict, path: Path) -> None:
-    """Training loss curves (total and per term) of every base training in the report."""
+    """Training loss curves (total and per term) of every cell's base training."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [k for k in ("fsod_base_training", "tfa_base_training") if report.get(k)]
-    fig, axes = plt.subplots(1, len(runs), figsize=(6.5 * len(runs), 4), squeeze=False)
-    for ax, key in zip(axes[0], runs):
-        rec = report[key]
-        n = rec.get("iterations") or 1
-        curves = {"total_loss": rec.get("loss_curve", []), **rec.get("loss_terms", {})}
-        for name, values in curves.items():
-            if values:
-                xs = np.linspace(0, n, len(values) + 1)[1:]
-                ax.plot(xs, values, label=name, lw=2 if name == "total_loss" else 1)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("loss (mean per chunk)")
-        ax.set_title(key.replace("_", " "))
+    cells = sorted(report["cells"])
+    cols = (len(cells) + 1) // 2
+    fig, axes = plt.subplots(2, cols, figsize=(5.5 * cols, 8), squeeze=False)
+    for ax, key in zip(axes.flat, cells):
+        rec = report["cells"][key]["training"]
+        for name, values in rec["losses"].items():
+            xs = np.linspace(0, rec["iterations"], len(values) + 1)[1:]
+            ax.plot(xs, values, label=name, lw=2 if name == "total_loss" else 1)
+        ax.set(xlabel="iteration", ylabel="loss (chunk mean)", title=key)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
 
 
-def plot_detections(cfg, model, k, seed, path: Path, num: int = 6, thresh: float = 0.3) -> None:
+def plot_detections(cfg, model, family: Family, k, seed, path: Path, num=6, thresh=0.3) -> None:
     """Grid of val images with novel objects, detections of the K-shot model drawn."""
     import cv2
     from detectron2.data.detection_utils import read_image
     from detectron2.utils.visualizer import Visualizer
 
-    meta = MetadataCatalog.get(VAL)
+    meta = MetadataCatalog.get(family.val)
     novel = set(meta.novel_ids)
     dicts = [
         d
-        for d in DatasetCatalog.get(VAL)
+        for d in DatasetCatalog.get(family.val)
         if any(a["category_id"] in novel for a in d["annotations"])
     ][:num]
     model.eval()
-    model.set_prototypes(support_prototypes(cfg, model, k, seed))
+    model.set_prototypes(support_prototypes(cfg, model, family, k, seed))
     tiles = []
     with torch.no_grad():
         for d in dicts:
@@ -381,267 +401,83 @@ def plot_detections(cfg, model, k, seed, path: Path, num: int = 6, thresh: float
 
 
 # ------------------------------------------------------------------------------------- main
-def main(argv=None) -> dict:
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config-file", default=str(REPO / "configs/benchmarks/fsod_quality.yaml"))
-    parser.add_argument(
-        "--budget-min",
-        type=float,
-        default=15.0,
-        help="training wall-clock budget per method (episodic and TFA base)",
-    )
-    parser.add_argument("--finetune-iters", type=int, default=120, help="ours, per K-shot set")
-    parser.add_argument(
-        "--finetune-lr-scale", type=float, default=0.01,
-        help="our fine-tuning LR / base-training LR (the whole model trains)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--tfa-finetune-iters", type=int, default=2000,
-        help="TFA's last-layer fine-tuning, per K-shot set (its novel rows start from scratch)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--tfa-finetune-lr-scale", type=float, default=4.0,
-        help="TFA fine-tuning LR / base-training LR (only the box predictor trains)",
-    )  # fmt: skip
+    parser.add_argument("--family", nargs="+", choices=FAMILIES, default=list(FAMILIES))
+    parser.add_argument("--arm", nargs="+", choices=sorted(ARMS), default=sorted(ARMS))
+    parser.add_argument("--jobs", type=int, default=1, help="cells run in this many processes")
     parser.add_argument("--shots", nargs="+", type=int, default=[1, 5])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--num-train", type=int, default=1200)
     parser.add_argument("--num-val", type=int, default=200)
-    parser.add_argument("--data-seed", type=int, default=0)
-    parser.add_argument("--skip-tfa", action="store_true")
-    parser.add_argument("--skip-fsod", action="store_true", help="baseline only (experiments)")
-    parser.add_argument("--skip-finetune", action="store_true", help="no fine-tuning of ours")
-    parser.add_argument("--eval-images", type=int, default=0, help="first N val images (0: all)")
-    parser.add_argument("--fsod-weights", default="", help="reuse a base-trained FsodRCNN")
-    parser.add_argument("--tfa-weights", default="", help="reuse a base-trained Faster R-CNN")
-    parser.add_argument("--out-dir", default=None)
-    parser.add_argument(
-        "--table", action="store_true", help="print the Markdown table of the JSON in --out-dir"
-    )
-    parser.add_argument(
-        "--combine", nargs="+", default=[], metavar="RUN[:METHODS]",
-        help="no training: mean ± std over the base trainings of these runs (an --out-dir or "
-        "its JSON; ':tfa' or ':fsod,fsod_shuffled' takes only those methods; each run's mean "
-        "over seeds counts once) -> fewshot_quality_combined.json in --out-dir",
-    )  # fmt: skip
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (ablations)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out-dir", default=None, help="default: benchmarks/results")
+    parser.add_argument("--table", action="store_true", help="only combine the cells' JSONs")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (every arm)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     out_dir = Path(args.out_dir or os.environ.get("FSOD_BENCH_OUT", REPO / "benchmarks/results"))
-    if args.table:
-        print(markdown_table(json.loads((out_dir / "fewshot_quality.json").read_text())))
-        return {}
-    work = out_dir / "fewshot_quality_work"
     setup_logger(name="fsod_d2")
     setup_logger(name="detectron2", abbrev_name="d2")
     logger.setLevel(logging.INFO)
-    if args.combine:
-        return combine_runs(args.combine, out_dir, max(args.shots))
-    t0 = time.perf_counter()
-
-    info = prepare_data(args)
-    cfg = setup_cfg(args.config_file, list(args.opts) + ["OUTPUT_DIR", str(work / "fsod")])
-    cfg.defrost()
-    # training runs below evaluate explicitly, not through DefaultTrainer's final EvalHook
-    cfg.DATASETS.TEST = ()
-    cfg.FSOD.SUPPORT.CACHE_DIR = str(work / "support_cache")
-    budget = args.budget_min * 60
-    report = {"machine": machine_info(), "args": vars(args), "data": info["stats"], "runs": []}
-
-    if not args.skip_fsod:
-        run_fsod(args, cfg, budget, work, out_dir, report)
-    if not args.skip_tfa:
-        run_tfa(args, cfg, budget, work, report)
-
-    report["summary"] = summarize(report["runs"])
-    report["targets"] = targets(report["summary"], max(args.shots))
-    report["wall_seconds"] = time.perf_counter() - t0
-    path = save_json("fewshot_quality", report, out_dir)
-    plot_bars(report["summary"], out_dir / "fewshot_quality.png")
-    plot_losses(report, out_dir / "fewshot_quality_losses.png")
-    logger.info("summary:\n%s", markdown_table(report))
-    logger.info(
-        "targets: %s; wall %.1f min; %s", report["targets"], report["wall_seconds"] / 60, path
-    )
-    return report
+    cells = [(f, a) for f in args.family for a in args.arm]
+    if not args.table:
+        if args.jobs > 1 and len(cells) > 1:
+            run_parallel(args, cells, out_dir, argv)
+        else:
+            for family_name, arm in cells:
+                start = time.perf_counter()
+                family = Family(family_name, args.shots, args.seeds, args.num_train, args.num_val)
+                cell = run_cell(args, family, arm, out_dir / "fewshot_quality_work")
+                cell["wall_seconds"] = time.perf_counter() - start
+                (out_dir / "cells").mkdir(parents=True, exist_ok=True)
+                save_json(f"{family_name}_{arm}", cell, out_dir / "cells")
+    return combine(out_dir, args.shots)
 
 
-def run_fsod(args, cfg, budget: float, work: Path, out_dir: Path, report: dict) -> None:
-    """FsodRCNN: base training (or reuse), K-shot evaluation with own and shuffled supports,
-    the detection grid, then our fine-tuning stage; rows appended to ``report["runs"]``."""
-    model, report["fsod_base_training"] = base_model(FsodTrainer, cfg, budget, args.fsod_weights)
-    base_weights = copy.deepcopy(unwrap_model(model).state_dict())
-    for k in args.shots:
-        for seed in args.seeds:
-            for method, shuffle in (("fsod", False), ("fsod_shuffled", True)):
-                if shuffle and k != max(args.shots):
-                    continue
-                torch.manual_seed(seed)
-                m = eval_fsod(cfg, model, k, seed, str(work / method), shuffle)
-                report["runs"].append({"method": method, "k": k, "seed": seed, **m})
-                logger.info("%s K=%d seed=%d: %s", method, k, seed, m)
-    path = out_dir / "fewshot_quality_detections.png"
-    plot_detections(cfg, model, max(args.shots), args.seeds[0], path)
-
-    for k in [] if args.skip_finetune else args.shots:
-        for seed in args.seeds:
-            ft = finetune_cfg(
-                cfg, k, seed, args.finetune_iters, args.finetune_lr_scale, work / "fsod_ft"
-            )
-            ft.FSOD.K_SHOT = k
-            ft_trainer = FsodTrainer(ft)
-            unwrap_model(ft_trainer.model).load_state_dict(base_weights)
-            ft_trainer.train()
-            m = eval_fsod(ft, ft_trainer.model, k, seed, ft.OUTPUT_DIR)
-            report["runs"].append({"method": "fsod_finetuned", "k": k, "seed": seed, **m})
-            logger.info("fsod_finetuned K=%d seed=%d: %s", k, seed, m)
-
-
-def run_tfa(args, cfg, budget: float, work: Path, report: dict) -> None:
-    """TFA-style baseline: Faster R-CNN on the base classes (or reuse), then last-layer
-    fine-tuning on each K-shot set and evaluation; rows appended to ``report["runs"]``."""
-    tfa = tfa_cfg(cfg, work)
-    tfa_model, report["tfa_base_training"] = base_model(
-        BaselineTrainer, tfa, budget, args.tfa_weights
-    )
-    TFAFinetuneTrainer.base_weights = copy.deepcopy(tfa_model.state_dict())
-    TFAFinetuneTrainer.novel_ids = list(MetadataCatalog.get(VAL).novel_ids)
-    for k in args.shots:
-        for seed in args.seeds:
-            ft = finetune_cfg(
-                tfa, k, seed, args.tfa_finetune_iters, args.tfa_finetune_lr_scale, work / "tfa_ft"
-            )
-            ft_trainer = TFAFinetuneTrainer(ft)
-            ft_trainer.train()
-            ft_trainer.model.eval()
-            m = evaluate(ft, ft_trainer.model, ft.OUTPUT_DIR)
-            report["runs"].append({"method": "tfa", "k": k, "seed": seed, **m})
-            logger.info("tfa K=%d seed=%d: %s", k, seed, m)
+def run_parallel(args, cells, out_dir: Path, argv) -> None:
+    """Each cell in its own process (one thread each), ``--jobs`` at a time; the data of each
+    family is generated first, once."""
+    for family_name in args.family:
+        Family(family_name, args.shots, args.seeds, args.num_train, args.num_val)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    common = [a for a in argv if not a.startswith("--jobs")]
+    common = _drop_option(_drop_option(_drop_option(common, "--jobs"), "--family"), "--arm")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    pending, running = list(cells), []
+    logs = out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            family_name, arm = pending.pop(0)
+            cmd = [sys.executable, __file__, "--family", family_name, "--arm", arm, *common]
+            log = open(logs / f"{family_name}_{arm}.log", "w")
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            running.append((proc, log))
+            logger.info("started %s / %s", family_name, arm)
+        time.sleep(5)
+        for proc, log in list(running):
+            if proc.poll() is not None:
+                log.close()
+                running.remove((proc, log))
+                if proc.returncode:
+                    cell = " ".join(proc.args[3:7])
+                    logger.error("%s failed (exit %d): see %s", cell, proc.returncode, log.name)
 
 
-def base_model(trainer_cls, cfg, budget_s: float, weights: str = ""):
-    """The base-trained model and a record of its training: trained now within ``budget_s``,
-    or loaded from ``weights`` (an earlier run's model_final.pth)."""
-    if weights:
-        model = trainer_cls.build_model(cfg)
-        DetectionCheckpointer(model).load(weights)
-        return model, previous_training(weights)
-    trainers, iters, secs = train_within_budget(trainer_cls, cfg, budget_s)
-    trainer = trainers[-1]
-    record = {
-        "iterations": iters,
-        "seconds": secs,
-        "stretches": [t.iter for t in trainers],
-        "loss_curve": loss_curve(trainers),
-        "loss_terms": {
-            key: loss_curve(trainers, key)
-            for key in sorted(trainer.storage.histories())
-            if key.startswith("loss_")
-        },
-    }
-    if hasattr(trainer, "throughput"):  # FsodTrainer's episode throughput, last stretch
-        record["throughput"] = trainer.throughput.summary()
-    return trainer.model, record
-
-
-def finetune_cfg(cfg, k: int, seed: int, iters: int, lr_scale: float, out_prefix: Path):
-    """Fine-tuning on the seed's K-shot set of every class: ``iters`` iterations at
-    ``lr_scale`` x the base LR (both after SOLVER.REFERENCE_WORLD_SIZE scaling, as in base
-    training), constant LR, no checkpoints; supports may come from the query image when a
-    class has no other shot (FSOD.SUPPORT.QUERY_FALLBACK, as in the *_finetune configs)."""
-    ft = scaled_for_world_size(cfg)
-    ft.DATASETS.TRAIN = (kshot_name(k, seed),)
-    ft.FSOD.SUPPORT.QUERY_FALLBACK = True
-    ft.SOLVER.MAX_ITER = iters
-    ft.SOLVER.BASE_LR = ft.SOLVER.BASE_LR * lr_scale
-    ft.SOLVER.STEPS = ()
-    ft.SOLVER.WARMUP_ITERS = 0
-    ft.SOLVER.CHECKPOINT_PERIOD = 10**9
-    ft.OUTPUT_DIR = f"{out_prefix}_{k}shot_seed{seed}"
-    return ft
-
-
-def previous_training(weights: str) -> dict:
-    """What an earlier run recorded about the training of ``weights`` (its metrics.json)."""
-    metrics = Path(weights).with_name("metrics.json")
-    lines = metrics.read_text().splitlines() if metrics.exists() else []
-    rows = [r for r in map(json.loads, lines) if "total_loss" in r]
-    terms = sorted({k for r in rows for k in r if k.startswith("loss_")})
-    return {
-        "weights": str(weights),
-        "iterations": rows[-1]["iteration"] + 1 if rows else None,
-        "loss_curve": [r["total_loss"] for r in rows],
-        "loss_terms": {k: [r[k] for r in rows if k in r] for k in terms},
-    }
-
-
-def tfa_cfg(cfg, work: Path):
-    """The same backbone, input sizes, batch and LR as a plain Faster R-CNN (C4)."""
-    tfa = cfg.clone()
-    tfa.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
-    tfa.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
-    tfa.MODEL.RPN.HEAD_NAME = "StandardRPNHead"
-    tfa.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
-    tfa.MODEL.ROI_HEADS.NUM_CLASSES = len(MetadataCatalog.get(VAL).thing_classes)
-    tfa.DATASETS.TRAIN = (f"{TRAIN}_base",)
-    tfa.OUTPUT_DIR = str(work / "tfa")
-    return tfa
-
-
-def combine_runs(sources: List[str], out_dir: Path, k: int) -> dict:
-    """Training-run variance: every run's mean over K-shot seeds becomes one sample per
-    (method, K), and the summary is the mean ± std over runs (``n``: base trainings).
-
-    A source is a run's ``--out-dir`` or its JSON file, optionally followed by
-    ``:method,method`` to take only those methods from it (e.g. the ``tfa`` rows of a run whose
-    FsodRCNN model is re-evaluated elsewhere, so that no training counts twice). A run without
-    a method (``--skip-tfa``) adds no sample to it."""
-    rows, runs = [], []
-    for i, source in enumerate(sources):
-        where, _, only = source.partition(":")
-        path = Path(where)
-        path = path / "fewshot_quality.json" if path.is_dir() else path
-        if not path.is_file():
-            raise FileNotFoundError(f"--combine: {path} does not exist (run the benchmark first)")
-        report = json.loads(path.read_text())
-        methods = set(only.split(",")) if only else None
-        known = {key.split("@")[0] for key in report["summary"]}
-        if methods and not methods <= known:
-            raise ValueError(f"--combine {source}: no {sorted(methods - known)} in {path}")
-        trainings = {
-            key: report[key].get("iterations")
-            for key in ("fsod_base_training", "tfa_base_training")
-            if report.get(key) and (methods is None or key.split("_")[0] in methods)
-        }
-        summary = {
-            key: stats
-            for key, stats in report["summary"].items()
-            if methods is None or key.split("@")[0] in methods
-        }
-        runs.append({"source": source, "base_training_iterations": trainings, "summary": summary})
-        for key, stats in summary.items():
-            method, shots = key.split("@")
-            means = {m: v["mean"] for m, v in stats.items()}
-            k_shots = int(shots.removesuffix("shot"))
-            rows.append({"method": method, "k": k_shots, "seed": i, **means})
-    summary = summarize(rows)
-    combined = {"runs": runs, "summary": summary, "targets": targets(summary, k)}
-    save_json("fewshot_quality_combined", combined, out_dir)
-    logger.info("over base trainings:\n%s", markdown_table(combined, "trainings"))
-    logger.info("targets: %s", combined["targets"])
-    return combined
-
-
-def targets(summary: dict, k: int) -> dict:
-    ours = summary.get(f"fsod@{k}shot", {}).get("nAP50", {}).get("mean", float("nan"))
-    shuffled = summary.get(f"fsod_shuffled@{k}shot", {}).get("nAP50", {}).get("mean", float("nan"))
-    tfa = summary.get(f"tfa@{k}shot", {}).get("nAP50", {}).get("mean", float("nan"))
-    return {
-        f"{k}shot_nAP50": ours,
-        "vs_shuffled_ratio": ours / shuffled if shuffled > 0 else float("inf"),
-        "meets_3x_shuffled": bool(ours > 0 and ours >= 3 * shuffled),
-        "vs_tfa": ours - tfa,
-        "meets_tfa": bool(ours > 0 and ours >= tfa),
-    }
+def _drop_option(argv: List[str], option: str) -> List[str]:
+    """``argv`` without ``option`` and its values (up to the next ``--flag``)."""
+    out, skipping = [], False
+    for a in argv:
+        if a.startswith("--"):
+            skipping = a == option or a.startswith(option + "=")
+            if skipping:
+                continue
+        if not skipping:
+            out.append(a)
+    return out
 
 
 if __name__ == "__main__":
