@@ -644,19 +644,17 @@ def _footprint(owner_shape, alpha, x0, y0) -> tuple[np.ndarray, tuple[int, int, 
 def _render_image(
     rng: np.random.Generator,
     photos: list[np.ndarray],
-    classes: list[str],
+    object_classes: list[str],
 ) -> tuple[np.ndarray, list[tuple[str, list[float]]], int, int]:
     h = int(rng.integers(_IMAGE_HEIGHTS[0], _IMAGE_HEIGHTS[1] + 1))
     w = int(rng.integers(_IMAGE_WIDTHS[0], _IMAGE_WIDTHS[1] + 1))
     img = _background(rng, photos, h, w)
     owner = np.full((h, w), -1, np.int32)
     luma = cv2.cvtColor(np.clip(img, 0, 255).astype(np.uint8), cv2.COLOR_BGR2GRAY)
-    n_obj = int(rng.integers(1, _MAX_OBJECTS + 1))
     names: list[str] = []
     full_area: list[int] = []
     unplaced = 0
-    for _ in range(n_obj):
-        name = classes[rng.integers(len(classes))]
+    for name in object_classes:
         long_side = math.exp(rng.uniform(math.log(_MIN_LONG_SIDE), math.log(_MAX_LONG_SIDE)))
         long_side = min(long_side, 0.9 * min(h, w))
         placed = False
@@ -758,9 +756,17 @@ def _generate_split(
     image_dir.mkdir(parents=True, exist_ok=True)
     images, anns = [], []
     skipped = unplaced = 0
+    # The split's plan: objects per image, and their classes as a sequence of shuffled rounds
+    # over all classes (balanced counts: every class occurs once per len(classes) objects).
+    plan = np.random.default_rng([seed, split_index, GENERATOR_VERSION, 1])
+    counts = plan.integers(1, _MAX_OBJECTS + 1, num_images)
+    rounds = -(-int(counts.sum()) // len(classes))
+    sequence = np.concatenate([plan.permutation(len(classes)) for _ in range(rounds)] or [[]])
+    starts = np.concatenate([[0], np.cumsum(counts)])
     for idx in range(num_images):
         rng = np.random.default_rng([seed, split_index, idx, GENERATOR_VERSION])
-        img, objects, n_skip, n_unplaced = _render_image(rng, photos, classes)
+        object_classes = [classes[int(k)] for k in sequence[starts[idx] : starts[idx + 1]]]
+        img, objects, n_skip, n_unplaced = _render_image(rng, photos, object_classes)
         skipped += n_skip
         unplaced += n_unplaced
         file_name = f"{split}/{idx:06d}.jpg"

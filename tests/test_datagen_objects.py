@@ -104,7 +104,7 @@ def test_incomplete_run_is_regenerated(tmp_path):
 
 
 def test_size_distribution_and_class_coverage(tmp_path):
-    out = generate_objects_dataset(tmp_path, num_train=80, num_val=0)
+    out = generate_objects_dataset(tmp_path, num_train=40, num_val=0)
     anns = _load(out["train_json"])["annotations"]
     long_sides = np.array([max(a["bbox"][2:]) for a in anns])
     # log-uniform long side over ~14-180 px: small and large objects both occur
