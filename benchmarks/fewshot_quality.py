@@ -241,6 +241,7 @@ def run_cell(args, family: Family, arm: str, work: Path) -> dict:
             for seed in args.seeds:
                 ft = cfg.clone()
                 ft.merge_from_file(str(TFA_FINETUNE))
+                ft.merge_from_list(list(args.opts))  # overrides apply to every training
                 ft.DATASETS.TRAIN = (family.kshot(k, seed),)
                 ft.OUTPUT_DIR = str(out / f"finetune_{k}shot_seed{seed}")
                 ft_trainer, ft_record = train(TFAFinetuneTrainer, ft)
@@ -422,7 +423,9 @@ def main(argv=None) -> dict:
     setup_logger(name="fsod_d2")
     setup_logger(name="detectron2", abbrev_name="d2")
     logger.setLevel(logging.INFO)
-    cells = [(f, a) for f in args.family for a in args.arm]
+    # the longest cells first, so that parallel jobs finish together
+    order = ("tfa_pretrained", "fsod_pretrained", "fsod_scratch")
+    cells = [(f, a) for a in sorted(args.arm, key=order.index) for f in args.family]
     if not args.table:
         if args.jobs > 1 and len(cells) > 1:
             run_parallel(args, cells, out_dir, argv)
@@ -443,8 +446,7 @@ def run_parallel(args, cells, out_dir: Path, argv) -> None:
     for family_name in args.family:
         Family(family_name, args.shots, args.seeds, args.num_train, args.num_val)
     argv = list(sys.argv[1:] if argv is None else argv)
-    common = [a for a in argv if not a.startswith("--jobs")]
-    common = _drop_option(_drop_option(_drop_option(common, "--jobs"), "--family"), "--arm")
+    common = _drop_option(_drop_option(_drop_option(argv, "--jobs"), "--family"), "--arm")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     pending, running = list(cells), []
     logs = out_dir / "logs"
