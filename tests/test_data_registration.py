@@ -119,13 +119,49 @@ def test_register_from_config(tiny, monkeypatch):
     assert MetadataCatalog.get("t_reg_cfg").base_classes == ["class3", "class7"]
     assert register_from_config(cfg)[0] == "t_reg_cfg"  # idempotent
     for bad, msg in [
-        ("name=x;json=a.json;images=i", r"lacks \['base'\]"),
+        ("name=x;json=a.json;images=i", r"lacks \['base \(or split\)'\]"),
         ("name=x;json=a.json;images=i;base=1;colour=red", "not one of"),
         ("name=x;json=/does/not/exist.json;images=i;base=1", "not found"),
     ]:
         with pytest.raises((ValueError, FileNotFoundError), match=msg):
             register_from_config(get_tiny_cfg("FSOD.REGISTER", f"['{bad}']"))
     _cleanup("t_reg_cfg")
+
+
+def test_register_from_config_with_split_file_and_kshot_folder(tiny, tmp_path):
+    """Classes named once in a split file shared by the entries; K-shot files from a folder."""
+    from fsod_d2.data.splits import dump_json, sample_kshot
+
+    json_path, image_root, coco = tiny
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"base": ["class3", "class7", 11], "novel": ["class20"]}))
+    folder = tmp_path / "kshots"
+    for k, seed in ((1, 0), (2, 1)):
+        dump_json(sample_kshot(coco, k, seed), str(folder / f"tiny_{k}shot_seed{seed}.json"))
+    (folder / "notes.json").write_text("{}")  # not a K-shot file: ignored
+    entry = f"name=t_reg_split;json={json_path};images={image_root};split={split};kshots={folder}"
+    cfg = get_tiny_cfg("FSOD.REGISTER", f"['{entry}']")
+    names = register_from_config(cfg)
+    assert {"t_reg_split_base", "t_reg_split_1shot_seed0", "t_reg_split_2shot_seed1_novel"} <= set(
+        names
+    )
+    for name in ("t_reg_split", "t_reg_split_2shot_seed1"):
+        meta = MetadataCatalog.get(name)
+        assert meta.base_classes == ["class3", "class7", "class11"]
+        assert meta.novel_classes == ["class20"]
+    assert register_from_config(cfg) == names  # idempotent
+    for bad, msg in [
+        (f"split={split};base=class3", "not both"),
+        (f"split={tmp_path / 'none.json'}", "split file .*none.json does not exist"),
+        (f"split={folder / 'notes.json'}", "must hold"),
+        (f"base=class3;kshots={tmp_path / 'missing'}", "kshots folder .*missing does not exist"),
+        (f"base=class3;kshots={tmp_path}", "no \\*_<K>shot_seed<S>.json"),
+    ]:
+        entry = f"name=t_reg_bad;json={json_path};images={image_root};{bad}"
+        with pytest.raises((ValueError, FileNotFoundError), match=msg):
+            register_from_config(get_tiny_cfg("FSOD.REGISTER", f"['{entry}']"))
+    for name in ("t_reg_split", "t_reg_split_1shot_seed0", "t_reg_split_2shot_seed1"):
+        _cleanup(name)
 
 
 def test_builtins_are_lazy_and_complete(tmp_path):

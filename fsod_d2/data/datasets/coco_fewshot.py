@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -351,13 +352,18 @@ def register_fewshot_coco(
     )
 
 
-_ENTRY_KEYS = {"name", "json", "images", "base", "novel"}
+_ENTRY_KEYS = {"name", "json", "images", "base", "novel", "split", "kshots"}
+_KSHOT_FILE = re.compile(r"_(\d+)shot_seed(\d+)\.json$")
 
 
 def parse_register_entry(entry: str) -> dict[str, str]:
     """Parse ``"name=<n>;json=<path>;images=<dir>;base=<c1,c2>;novel=<c3,...>"``.
 
-    ``novel`` is optional (default: every non-base category). Paths may use ``$VARS`` and ``~``.
+    ``novel`` is optional (default: every non-base category). Instead of ``base``/``novel``,
+    ``split=<file.json>`` reads both from a file ``{"base": [...], "novel": [...]}`` shared by the
+    entries of one dataset. ``kshots=<dir>`` also registers every ``*_<K>shot_seed<S>.json`` in
+    that folder (``tools/prepare_fewshot_splits.py json`` output) as ``<name>_<K>shot_seed<S>``.
+    Paths may use ``$VARS`` and ``~``.
     """
     fields: dict[str, str] = {}
     for part in entry.split(";"):
@@ -371,12 +377,58 @@ def parse_register_entry(entry: str) -> dict[str, str]:
                 f"{sorted(_ENTRY_KEYS)} = value"
             )
         fields[key] = value.strip()
-    missing = [k for k in ("name", "json", "images", "base") if not fields.get(k)]
+    missing = [k for k in ("name", "json", "images") if not fields.get(k)]
+    if not fields.get("base") and not fields.get("split"):
+        missing.append("base (or split)")
     if missing:
         raise ValueError(f"FSOD.REGISTER entry {entry!r} lacks {missing}")
-    for k in ("json", "images"):
-        fields[k] = os.path.expanduser(os.path.expandvars(fields[k]))
+    if fields.get("split") and (fields.get("base") or fields.get("novel")):
+        raise ValueError(
+            f"FSOD.REGISTER entry {entry!r}: give the classes either as split=<file> or as "
+            "base=/novel=, not both"
+        )
+    for k in ("json", "images", "split", "kshots"):
+        if k in fields:
+            fields[k] = os.path.expanduser(os.path.expandvars(fields[k]))
+    if fields.get("split"):
+        fields.update(_read_split_file(fields["split"]))
     return fields
+
+
+def _read_split_file(path: str) -> dict[str, str]:
+    """``{"base": [...], "novel": [...]}`` (names or ids; ``novel`` optional) -> entry fields."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            split = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"FSOD.REGISTER split file {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"FSOD.REGISTER split file {path} is not valid JSON: {e}") from None
+    if not isinstance(split, dict) or not isinstance(split.get("base"), list):
+        raise ValueError(
+            f'FSOD.REGISTER split file {path} must hold {{"base": [names or ids], '
+            '"novel": [...]} ("novel" optional: every other class)'
+        )
+    return {k: ",".join(str(c) for c in split.get(k) or []) for k in ("base", "novel")}
+
+
+def kshot_files(folder: str) -> list[tuple[int, int, str]]:
+    """``(K, seed, path)`` of every ``*_<K>shot_seed<S>.json`` in ``folder``, sorted."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"FSOD.REGISTER kshots folder {folder} does not exist (write it with "
+            "tools/prepare_fewshot_splits.py json --output-dir)"
+        )
+    found = []
+    for file_name in sorted(os.listdir(folder)):
+        m = _KSHOT_FILE.search(file_name)
+        if m:
+            found.append((int(m.group(1)), int(m.group(2)), os.path.join(folder, file_name)))
+    if not found:
+        raise FileNotFoundError(
+            f"FSOD.REGISTER kshots folder {folder} has no *_<K>shot_seed<S>.json"
+        )
+    return found
 
 
 def register_from_config(cfg: CfgNode) -> list[str]:
@@ -390,11 +442,21 @@ def register_from_config(cfg: CfgNode) -> list[str]:
     names = []
     for entry in cfg.FSOD.REGISTER:
         f = parse_register_entry(entry)
-        name = f["name"]
-        if name in DatasetCatalog and MetadataCatalog.get(name).get("register_entry") == entry:
-            names += [name + s for s in SUBSETS.values() if name + s in DatasetCatalog]
-            continue  # already registered from this very entry: do not read the file again
-        names += register_fewshot_coco(
-            name, f["json"], f["images"], f["base"], f.get("novel") or None, register_entry=entry
-        )
+        kshots = [
+            (f"{f['name']}_{k}shot_seed{seed}", path)
+            for k, seed, path in (kshot_files(f["kshots"]) if f.get("kshots") else [])
+        ]
+        for name, json_file in [(f["name"], f["json"])] + kshots:
+            if name in DatasetCatalog and MetadataCatalog.get(name).get("register_entry") == entry:
+                # already registered from this very entry: do not read the file again
+                names += [name + s for s in SUBSETS.values() if name + s in DatasetCatalog]
+                continue
+            names += register_fewshot_coco(
+                name,
+                json_file,
+                f["images"],
+                f["base"],
+                f.get("novel") or None,
+                register_entry=entry,
+            )
     return names
