@@ -130,85 +130,67 @@ def restore_loggers():
 
 
 def test_fewshot_quality_smoke(tmp_path, monkeypatch, restore_loggers):
-    """A minutes-long benchmark shrunk to seconds: every method runs, the JSON has a row per
-    (method, K, seed), the targets are computed from them, and the plots are written."""
+    """The benchmark shrunk to seconds (2 iterations, a few images, random backbone weights):
+    every (family, arm) cell runs with its own config, the JSON has a row per (method, K,
+    seed), the table and targets are computed from them, and the plots are written."""
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
     out = tmp_path / "out"
-    argv = ["--budget-min", "0.01", "--finetune-iters", "2", "--tfa-finetune-iters", "2"]
-    argv += ["--shots", "1", "2"]
-    argv += ["--seeds", "0", "--num-train", "120", "--num-val", "6", "--out-dir", str(out)]
-    report = fewshot_quality.main(argv + ["SOLVER.IMS_PER_BATCH", "2"])
+    argv = ["--shots", "1", "2", "--seeds", "0", "1", "--num-train", "40", "--num-val", "4"]
+    argv += ["--out-dir", str(out), "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0"]
+    argv += ["SOLVER.STEPS", "()", "MODEL.TORCHVISION.WEIGHTS", ""]  # nothing downloaded
+    report = fewshot_quality.main(argv)
     saved = json.loads((out / "fewshot_quality.json").read_text())
-    runs = {(r["method"], r["k"]) for r in saved["runs"]}
-    expected = {("fsod", 1), ("fsod", 2), ("fsod_shuffled", 2), ("fsod_finetuned", 1)}
-    assert expected | {("fsod_finetuned", 2), ("tfa", 1), ("tfa", 2)} == runs
-    assert all(0 <= r["nAP50"] <= 100 for r in saved["runs"])
-    assert set(report["targets"]) >= {"vs_shuffled_ratio", "meets_3x_shuffled", "meets_tfa"}
-    table = fewshot_quality.markdown_table(saved).splitlines()
-    assert len(table) == 2 + 7 and table[2].startswith("| fsod | 1 | 1 |")
-    for key in ("fsod_base_training", "tfa_base_training"):
-        training = saved[key]
-        # three stretches, each resuming where the last stopped; curves cover all of them
-        stretches = training["stretches"]
-        assert len(stretches) == 3 and stretches == sorted(set(stretches))
-        assert stretches[-1] == training["iterations"] >= 15
-        assert len(training["loss_curve"]) == min(50, training["iterations"])
-    assert "loss_match" in saved["fsod_base_training"]["loss_terms"]
-    for name in ("fewshot_quality", "fewshot_quality_losses", "fewshot_quality_detections"):
-        assert (out / f"{name}.png").stat().st_size > 1000
+    assert sorted(saved["cells"]) == [
+        f"{f}/{a}" for f in ("objects", "shapes") for a in sorted(fewshot_quality.ARMS)
+    ]
+    for family in fewshot_quality.FAMILIES:
+        for method in ("fsod_pretrained", "fsod_scratch", "tfa_pretrained"):
+            for k in (1, 2):
+                stats = saved["summary"][f"{family}/{method}@{k}shot"]
+                assert stats["nAP50"]["n"] == 2 and 0 <= stats["nAP50"]["mean"] <= 100
+        assert f"{family}/fsod_pretrained_shuffled@2shot" in saved["summary"]
+        assert f"{family}/fsod_pretrained_shuffled@1shot" not in saved["summary"]
+        assert set(report["targets"][family]) >= {"meets_2x_scratch", "meets_tfa", "bAP50"}
+        training = saved["cells"][f"{family}/tfa_pretrained"]["training"]
+        assert training["iterations"] == 2 and len(training["finetune"]) == 4
+        losses = saved["cells"][f"{family}/fsod_pretrained"]["training"]["losses"]
+        assert {"total_loss", "loss_match", "loss_base_cls"} <= set(losses)
+    table = fewshot_quality.markdown_table(saved["summary"], [1, 2]).splitlines()
+    assert len(table) == 2 + 8 and table[2].startswith("| shapes | fsod_pretrained |")
+    assert (out / "fewshot_quality_losses.png").stat().st_size > 1000
+    assert (out / "fewshot_quality_work" / "objects_fsod_pretrained.png").stat().st_size > 1000
 
 
-def test_fewshot_quality_combines_runs_over_base_trainings(tmp_path, restore_loggers):
-    """Each run's mean over seeds is one sample; a method missing from a run adds none; a
-    source's ':methods' suffix takes only those rows from it (run d: its TFA model alone)."""
-
-    def run(name, ours, tfa=None):
-        rows = [("fsod", ours), ("fsod_shuffled", 0.5)] + ([("tfa", tfa)] if tfa else [])
-        summary = {
-            f"{method}@5shot": {m: {"mean": v if m == "nAP50" else 0.0, "std": 9.0, "n": 3}
-            for m in ("nAP50", "nAP", "bAP", "bAP50", "AP")}
-            for method, v in rows
-        }  # fmt: skip
-        report = {"summary": summary, "fsod_base_training": {"iterations": 10}}
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "fewshot_quality.json").write_text(json.dumps(report))
-        return str(tmp_path / name)
-
-    dirs = [run("a", 10.0, 4.0), run("b", 14.0), run("c", 12.0, 8.0)]
-    dirs.append(run("d", 100.0, 6.0) + "/fewshot_quality.json:tfa")
-    argv = ["--combine", *dirs, "--shots", "5", "--out-dir", str(tmp_path / "out")]
-    combined = fewshot_quality.main(argv)
-    assert combined["summary"]["fsod@5shot"]["nAP50"] == {"mean": 12.0, "std": pytest.approx(
-        (8 / 3) ** 0.5), "n": 3}  # fmt: skip
-    assert combined["summary"]["tfa@5shot"]["nAP50"] == {"mean": 6.0, "std": pytest.approx(
-        (8 / 3) ** 0.5), "n": 3}  # fmt: skip
-    assert combined["targets"]["vs_tfa"] == 6.0 and combined["targets"]["meets_3x_shuffled"]
-    saved = json.loads((tmp_path / "out" / "fewshot_quality_combined.json").read_text())
-    trainings = [r["base_training_iterations"] for r in saved["runs"]]
-    assert trainings == [{"fsod_base_training": 10}] * 3 + [{}]
-    assert list(saved["runs"][3]["summary"]) == ["tfa@5shot"]
-    assert "| fsod | 5 | 3 | 12.00 ± 1.63 |" in fewshot_quality.markdown_table(saved, "trainings")
-    with pytest.raises(FileNotFoundError, match="missing"):
-        fewshot_quality.main(["--combine", str(tmp_path / "missing"), "--out-dir", str(tmp_path)])
-    with pytest.raises(ValueError, match="no \\['tfa_typo'\\]"):
-        fewshot_quality.main(["--combine", dirs[0] + ":tfa_typo", "--out-dir", str(tmp_path)])
+def test_fewshot_quality_summary_uses_sample_std_and_targets():
+    rows = [
+        {"family": "shapes", "method": m, "k": 5, "seed": s, **{k: v for k in metrics}}
+        for m, values in (("fsod_pretrained", (20, 22, 24)), ("fsod_scratch", (9, 10, 11)),
+                          ("tfa_pretrained", (21, 21, 21)))
+        for s, v in enumerate(values)
+        for metrics in [fewshot_quality.METRICS]
+    ]  # fmt: skip
+    summary = fewshot_quality.summarize(rows)
+    assert summary["shapes/fsod_pretrained@5shot"]["nAP50"] == {"mean": 22.0, "std": 2.0, "n": 3}
+    target = fewshot_quality.targets(summary, 5)["shapes"]
+    assert target["vs_scratch_ratio"] == pytest.approx(2.2) and target["meets_2x_scratch"]
+    assert target["vs_tfa"] == pytest.approx(1.0) and target["meets_tfa"]
+    assert target["bAP50"] == 22.0 and not target["meets_bAP50_50"]
+    assert fewshot_quality.sample_std([1.0]) != fewshot_quality.sample_std([1.0])  # NaN for n=1
 
 
 def test_fewshot_ablation_arms_are_valid_overrides_and_table():
-    for opts, factor in fewshot_ablation.ARMS.values():
+    for opts in fewshot_ablation.ARMS.values():
         get_tiny_cfg(*opts)  # raises on a key that does not exist
-        assert 0 < factor <= 1
     stats = {"mean": 1.5, "std": 0.25, "n": 3}
     arm = {
         "overrides": ["FSOD.N_WAY", "2"],
-        "budget_min": 2.0,
         "iterations": 100,
         "final_losses": {"loss_match": 0.3, "loss_box_reg": 0.4},
         "fsod": {"nAP50": stats, "nAP": stats, "bAP": stats},
         "fsod_shuffled": {"nAP50": stats},
     }
     rows = fewshot_ablation.table({"arms": {"2_way": arm}}).splitlines()
-    assert len(rows) == 3 and "| 2_way | FSOD.N_WAY 2 | 2 | 100 | 1.50 ± 0.25 |" in rows[2]
+    assert len(rows) == 3 and "| 2_way | FSOD.N_WAY 2 | 100 | 1.50 ± 0.25 |" in rows[2]
 
 
 def test_fewshot_ablation_applies_trailing_overrides_to_every_arm_before_its_own(
@@ -220,16 +202,16 @@ def test_fewshot_ablation_applies_trailing_overrides_to_every_arm_before_its_own
     def fake_main(argv):
         calls.append(argv)
         summary = {"nAP50": stats, "nAP": stats, "bAP": stats}
-        training = {"iterations": 3, "loss_terms": {"loss_match": [0.5, 0.4]}}
+        training = {"iterations": 3, "losses": {"loss_match": [0.5, 0.4]}}
+        cell = "shapes/fsod_pretrained"
         return {
-            "fsod_base_training": training,
-            "summary": {"fsod@5shot": summary, "fsod_shuffled@5shot": summary},
-            "wall_seconds": 1.0,
+            "cells": {cell: {"training": training, "wall_seconds": 1.0}},
+            "summary": {f"{cell}@5shot": summary, f"{cell}_shuffled@5shot": summary},
         }
 
     monkeypatch.setattr(fewshot_ablation.fewshot_quality, "main", fake_main)
-    argv = ["--arms", "default", "base_classifier", "--out-dir", str(tmp_path), "--budget-min"]
-    results = fewshot_ablation.main(argv + ["1", "MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", "0.0"])
+    argv = ["--arms", "default", "base_classifier", "--out-dir", str(tmp_path)]
+    results = fewshot_ablation.main(argv + ["MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", "0.0"])
     assert calls[0][-2:] == ["MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", "0.0"]
     key = "MODEL.FSOD.BASE_CLASSIFIER.WEIGHT"
     assert calls[1][-4:] == [key, "0.0", key, "1.0"]  # the arm's own override wins
