@@ -12,12 +12,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
-from fsod_d2 import add_fsod_config
+from fsod_d2.config import setup_cfg
 from fsod_d2.modeling.fold_bn import frozen_bn_unfolded
+from fsod_d2.utils import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -29,11 +29,10 @@ logger = logging.getLogger("fsod_d2.benchmarks")
 
 
 def load_cfg(name: str, *opts):
-    cfg = get_cfg()
-    add_fsod_config(cfg)
-    cfg.merge_from_file(str(CONFIGS[name]))
-    cfg.merge_from_list(["MODEL.WEIGHTS", ""] + [str(o) for o in opts])
-    return cfg
+    """The named benchmark config (unfrozen) without weights, with KEY VALUE overrides."""
+    return setup_cfg(
+        str(CONFIGS[name]), ["MODEL.WEIGHTS", ""] + [str(o) for o in opts], freeze=False
+    )
 
 
 @torch.no_grad()
@@ -180,9 +179,8 @@ def save_json(name: str, payload: dict, out_dir=None) -> Path:
     out = Path(out_dir or os.environ.get("FSOD_BENCH_OUT", RESULTS))
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")  # atomic: a run killed mid-write keeps the last file
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    with atomic_write(path) as f:  # a run killed mid-write keeps the last file
+        f.write(json.dumps(payload, indent=2))
     logger.info("wrote %s", path)
     return path
 

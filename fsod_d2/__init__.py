@@ -17,7 +17,7 @@ except ImportError as e:  # pragma: no cover - exercised by tests with detectron
 # evaluation is imported where used: detectron2.evaluation needs the compiled detectron2._C,
 # while the model and data (everything that registers) run on detectron2's Python sources alone.
 from . import data, modeling  # noqa: F401,E402  (registers components)
-from .config import add_fsod_config  # noqa: E402
+from .config import add_fsod_config, setup_cfg  # noqa: E402
 
-__all__ = ["add_fsod_config"]
+__all__ = ["add_fsod_config", "setup_cfg"]
 __version__ = "0.1.0"

@@ -1,10 +1,41 @@
-"""All fsod-d2 config keys. ``add_fsod_config`` is the only place they are declared.
+"""All fsod-d2 config keys, and the one function that builds a config.
 
-It adds keys to the cfg it is given (never to detectron2's global ``_C``). Episode and data keys
-live under ``cfg.FSOD``; model keys under ``cfg.MODEL.FSOD``.
+``add_fsod_config`` is the only place the keys are declared. It adds keys to the cfg it is given
+(never to detectron2's global ``_C``). Episode and data keys live under ``cfg.FSOD``; model keys
+under ``cfg.MODEL.FSOD``. :func:`setup_cfg` builds the config of a file and command-line
+overrides; the tools, the trainer, the benchmarks and the tests all use it.
 """
 
+import logging
+from collections.abc import Sequence
+
+import torch
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["add_fsod_config", "setup_cfg"]
+
+
+def setup_cfg(config_file: str = "", opts: Sequence[str] = (), *, freeze: bool = True) -> CN:
+    """detectron2's defaults + fsod keys, merged with ``config_file`` and ``opts`` (KEY VALUE
+    ...); the datasets declared in ``FSOD.REGISTER`` are registered. Without CUDA, a ``cuda``
+    MODEL.DEVICE falls back to the CPU (with a warning). Returns the cfg, frozen unless
+    ``freeze=False`` (call detectron2's ``default_setup`` on it for logging/output)."""
+    from .data.datasets import register_from_config  # the data package imports this module
+
+    cfg = add_fsod_config(get_cfg())
+    if config_file:
+        cfg.merge_from_file(str(config_file))
+    cfg.merge_from_list(list(opts or ()))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    register_from_config(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg
 
 
 def add_fsod_config(cfg: CN) -> CN:

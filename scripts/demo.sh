@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 OUT=${DEMO_OUTPUT:-output/demo}
 PROCS=${DEMO_PROCS:-2}
-DATASETS=${DETECTRON2_DATASETS:-datasets}
+DATASETS=$($PYTHON -c "from fsod_d2.utils import datasets_root; print(datasets_root())")
 TOY="$DATASETS/fsod_toy"
 CONFIG=configs/demo/fsod_toy_base.yaml
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / PROCS > 0 ? $(nproc) / PROCS : 1 ))}

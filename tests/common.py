@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 
-from fsod_d2 import add_fsod_config
+from fsod_d2 import setup_cfg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -13,12 +13,7 @@ TINY_CONFIG = CONFIG_DIR / "quick_schedules" / "fsod_tiny_cpu.yaml"
 
 def get_tiny_cfg(*opts: str) -> CfgNode:
     """The tiny CPU config (tests/benchmarks), with optional KEY VALUE overrides."""
-    cfg = get_cfg()
-    add_fsod_config(cfg)
-    cfg.merge_from_file(str(TINY_CONFIG))
-    if opts:
-        cfg.merge_from_list(list(opts))
-    return cfg
+    return setup_cfg(str(TINY_CONFIG), opts, freeze=False)
 
 
 # ---------------------------------------------------------------- synthetic episodes (model tests)

@@ -1,13 +1,12 @@
-"""Every YAML under configs/ loads with add_fsod_config; its datasets are registered names;
+"""Every YAML under configs/ loads with setup_cfg; its datasets are registered names;
 CPU-sized ones build a model."""
 
 import pytest
 import yaml
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
-from fsod_d2 import add_fsod_config
+from fsod_d2 import setup_cfg
 
 from .common import CONFIG_DIR
 
@@ -18,9 +17,7 @@ SCRIPT_REGISTERED = {"benchmarks"}
 
 
 def _load(path):
-    cfg = add_fsod_config(get_cfg())
-    cfg.merge_from_file(str(path))
-    return cfg
+    return setup_cfg(str(path), freeze=False)
 
 
 def _is_cpu_sized(cfg) -> bool:

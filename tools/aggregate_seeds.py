@@ -18,11 +18,12 @@ import argparse
 import glob
 import json
 import logging
-import math
 import os
 import sys
 from collections import defaultdict
 from typing import Dict, List, Sequence
+
+from fsod_d2.utils import mean_std
 
 logger = logging.getLogger("fsod_d2.aggregate_seeds")
 
@@ -40,16 +41,6 @@ def find_results(inputs: Sequence[str]) -> List[str]:
         else:
             paths += glob.glob(item, recursive=True)
     return sorted(set(paths))
-
-
-def mean_std(values: Sequence[float]) -> Dict:
-    """Mean, sample std (0 for one value) and count; NaN without values."""
-    n = len(values)
-    if not n:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "n": n}
 
 
 def aggregate(paths: Sequence[str], task: str = "bbox", metrics: Sequence[str] = ()) -> List[Dict]:
@@ -72,9 +63,7 @@ def aggregate(paths: Sequence[str], task: str = "bbox", metrics: Sequence[str] =
         ]
         row = {"dataset": dataset, "k_shot": k, "seeds": [r["seed"] for r in records]}
         for m in names:
-            values = [r["metrics"].get(task, {}).get(m, float("nan")) for r in records]
-            values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-            row[m] = mean_std(values)
+            row[m] = mean_std(r["metrics"].get(task, {}).get(m) for r in records)
         rows.append(row)
     return rows
 

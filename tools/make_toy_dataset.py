@@ -10,13 +10,13 @@ import logging
 import os
 
 from fsod_d2.data.toy import generate_toy_dataset
+from fsod_d2.utils import datasets_root
 
 logger = logging.getLogger("fsod_d2.make_toy_dataset")
 
 
 def _default_root(hard: bool) -> str:
-    datasets = os.environ.get("DETECTRON2_DATASETS", "datasets")
-    return os.path.join(datasets, "fsod_toy_hard" if hard else "fsod_toy")
+    return os.path.join(datasets_root(), "fsod_toy_hard" if hard else "fsod_toy")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

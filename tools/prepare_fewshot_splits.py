@@ -25,7 +25,6 @@ import sys
 from collections.abc import Callable, Iterable
 
 from fsod_d2.data.datasets.builtin import FSOD_SPLITS_DIR, builtin_kshot_json
-from fsod_d2.data.datasets.coco_fewshot import datasets_root
 from fsod_d2.data.datasets.voc_fewshot import load_voc_xml, voc_to_coco
 from fsod_d2.data.splits import (
     DEFAULT_SEEDS,
@@ -36,6 +35,7 @@ from fsod_d2.data.splits import (
     kshot_json_name,
     resolve_classes,
 )
+from fsod_d2.utils import datasets_root
 
 logger = logging.getLogger("fsod_d2.prepare_fewshot_splits")
 

@@ -15,10 +15,9 @@ import logging
 import os
 
 import cv2
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 
-from fsod_d2 import add_fsod_config
+from fsod_d2 import setup_cfg
 from fsod_d2.data import build_episodic_train_loader
 from fsod_d2.utils.visualization import draw_episode
 
@@ -39,12 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
-    cfg = get_cfg()
-    add_fsod_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.freeze()
+    cfg = setup_cfg(args.config_file, [*args.opts, "DATALOADER.NUM_WORKERS", "0"])
     loader = build_episodic_train_loader(cfg)
     loader.start_iter = args.start_iter
     names = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes

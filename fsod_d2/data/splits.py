@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+from ..utils.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -244,18 +244,7 @@ def kshot_json_name(prefix: str, k: int, seed: int) -> str:
 
 
 def dump_json(obj: Any, path: str) -> None:
-    """Write ``obj`` as canonical JSON (sorted keys, no spaces) atomically (temp + os.replace)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, sort_keys=True, separators=(",", ":"))
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``obj`` as canonical JSON (sorted keys, no spaces), atomically."""
+    with atomic_write(path) as f:
+        json.dump(obj, f, sort_keys=True, separators=(",", ":"))
+        f.write("\n")

@@ -38,6 +38,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..utils.files import atomic_write
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["TOY_CATEGORIES", "generate_toy_dataset", "toy_category_id", "toy_split"]
@@ -728,9 +730,8 @@ def _generate_split(
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, separators=(",", ":")) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path, encoding="utf-8") as f:
+        f.write(json.dumps(obj, separators=(",", ":")) + "\n")
 
 
 def _check_params(params: dict[str, Any]) -> None:

@@ -9,12 +9,13 @@ load instead of silently used.
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
 
 import torch
 from torch import Tensor, nn
+
+from ..utils.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -94,17 +95,10 @@ class PrototypeSet:
         }
 
     def save(self, path: str) -> None:
-        """Write atomically (temp file + rename), so readers never see a partial file."""
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(self.state(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        """Write atomically (:func:`fsod_d2.utils.atomic_write`): readers never see a partial
+        file."""
+        with atomic_write(path, "wb") as f:
+            torch.save(self.state(), f)
         logger.info("Saved %d class prototypes to %s", len(self), path)
 
     @classmethod

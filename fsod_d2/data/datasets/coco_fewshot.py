@@ -30,6 +30,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from ...utils.files import datasets_root
 from ..splits import resolve_classes
 
 logger = logging.getLogger(__name__)
@@ -47,11 +48,6 @@ __all__ = [
 
 # Which annotations a registered variant keeps, and the name suffix of each variant.
 SUBSETS = {"all": "", "base": "_base", "novel": "_novel"}
-
-
-def datasets_root() -> str:
-    """Root of all datasets: ``$DETECTRON2_DATASETS`` (default ``datasets``), as detectron2."""
-    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
 def _read_json(json_file: str, dataset_name: str) -> dict[str, Any]:

@@ -1,0 +1,46 @@
+"""File helpers: the datasets root and atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import IO
+
+__all__ = ["atomic_write", "datasets_root"]
+
+
+def datasets_root() -> str:
+    """Root of all datasets: ``$DETECTRON2_DATASETS`` (default ``datasets``, as detectron2),
+    with ``~`` and ``$VARS`` expanded."""
+    return os.path.expanduser(os.path.expandvars(os.getenv("DETECTRON2_DATASETS", "datasets")))
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+    """Open a temporary file next to ``path`` for writing; when the block ends without error it
+    is renamed onto ``path`` (atomic), so readers never see a partial file and a run killed
+    mid-write keeps the previous one. On error the temporary file is removed. Parent folders
+    are created; the file is made readable by all (0644, as ``open`` under the usual umask)::
+
+        with atomic_write(path) as f:
+            json.dump(obj, f)
+        with atomic_write(path, "wb") as f:
+            torch.save(state, f)
+    """
+    if not mode.startswith("w"):
+        raise ValueError(f"atomic_write opens files for writing ('w' or 'wb'), not {mode!r}")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
