@@ -15,7 +15,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .support_pool import SupportPool, convert_bgr
+from .support_pool import IMAGE_READ_ERRORS, SupportPool, convert_bgr
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class EpisodicDatasetMapper:
         try:
             image = utils.read_image(file_name, format=self.image_format)
             utils.check_image_size(d, image)
-        except Exception as e:  # missing, truncated, not an image, wrong size: skip, count
+        except IMAGE_READ_ERRORS as e:  # missing, truncated, not an image, wrong size: skip
             self._bad_image(file_name, e)
             return None
 

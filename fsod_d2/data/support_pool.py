@@ -34,16 +34,31 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.detection_utils import check_image_size, read_image
+from detectron2.data.detection_utils import SizeMismatchError, check_image_size, read_image
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SupportPool", "build_support_set", "convert_bgr", "crop_support"]
+__all__ = [
+    "IMAGE_READ_ERRORS",
+    "SupportPool",
+    "build_support_set",
+    "convert_bgr",
+    "crop_support",
+    "shot_counts",
+]
+
+# What reading an image raises when the file is the problem: missing or unreadable (OSError),
+# not an image (PIL.UnidentifiedImageError, an OSError), truncated (OSError), broken data that
+# PIL's decoders report as SyntaxError, a decompression bomb, or an image whose size differs
+# from its annotation (SizeMismatchError). Such images are skipped and counted; any other
+# exception is a bug and propagates.
+IMAGE_READ_ERRORS = (OSError, SyntaxError, SizeMismatchError, Image.DecompressionBombError)
 
 # Bump when the cache layout or the cropping changes: old caches are then ignored.
 _CACHE_VERSION = 1
@@ -130,6 +145,23 @@ def _usable_boxes(record: dict[str, Any], min_box_size: float) -> list[tuple[int
     return out
 
 
+def shot_counts(
+    records: Sequence[dict[str, Any]], min_box_size: float
+) -> dict[int, tuple[int, int]]:
+    """Per class with a usable box (see :class:`SupportPool`) in the dataset dicts ``records``:
+    ``(boxes, boxes outside the class's richest image)``, the support crops a pool of these
+    records will have, at all and for the worst training query, without reading any image."""
+    per_image: dict[int, list[int]] = {}
+    for r in records:
+        counts: dict[int, int] = {}
+        for i, _ in _usable_boxes(r, min_box_size):
+            c = int(r["annotations"][i]["category_id"])
+            counts[c] = counts.get(c, 0) + 1
+        for c, n in counts.items():
+            per_image.setdefault(c, []).append(n)
+    return {c: (sum(ns), sum(ns) - max(ns)) for c, ns in sorted(per_image.items())}
+
+
 class _CropJob(Dataset):
     """Crops of one image per item (run in DataLoader workers while building the cache)."""
 
@@ -145,7 +177,7 @@ class _CropJob(Dataset):
         try:
             image = read_image(r["file_name"], format="BGR")
             check_image_size(dict(r), image)
-        except Exception as e:  # unreadable/missing/mismatched: reported, never fatal
+        except IMAGE_READ_ERRORS as e:  # unreadable/missing/mismatched: reported, never fatal
             return i, f"{type(e).__name__}: {e}", []
         params = [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY] if self.encoding == "jpg" else []
         crops = []
