@@ -18,20 +18,22 @@ Writes ``<output>/vis/<image>.png`` (detections above --confidence-threshold, wi
 annotations with a "score"; ``pycocotools.coco.COCO`` loads it) and
 ``<output>/coco_instances_results.json`` (the same detections as a COCO results list, for
 ``COCO.loadRes``). Category ids are class ids + 1.
+
+Bad input stops the tool with one line that names the file and the fix (exit code 1): a missing
+support folder or weights file, an unreadable support image, a malformed ``boxes.json``. An
+unreadable query image is skipped; the others are processed, and the skipped ones are listed at
+the end and in ``detections.json`` (``info.unreadable_images``).
 """
 
 import argparse
 import glob
-import hashlib
 import json
 import logging
 import os
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import cv2
-import numpy as np
-import torch
 from detectron2.data.catalog import Metadata
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
@@ -39,15 +41,20 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
-from fsod_d2.data import crop_support
-from fsod_d2.data.support_pool import convert_bgr
-from fsod_d2.engine import setup_cfg
-from fsod_d2.modeling.support import PrototypeSet, StalePrototypeError
+from fsod_d2.config import setup_cfg
+from fsod_d2.data.support_folder import (
+    IMAGE_EXTENSIONS,
+    SupportFolderError,
+    load_support_folder_from_config,
+)
+from fsod_d2.data.support_pool import IMAGE_READ_ERRORS
+from fsod_d2.modeling.support import PrototypeSet, StalePrototypeError, weights_fingerprint
 
 logger = logging.getLogger("fsod_d2.predict")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-BOX_FILE = "boxes.json"
+
+class UserInputError(ValueError):
+    """Bad input to this tool: reported as one line naming the file and the fix."""
 
 
 def parse_args(argv=None):
@@ -88,78 +95,41 @@ def find_images(inputs: Sequence[str]) -> List[str]:
         else:
             paths = sorted(glob.glob(item, recursive=True))
             if not paths:
-                raise FileNotFoundError(f"--input {item!r}: no such file, folder or glob match")
+                raise UserInputError(f"--input {item!r}: no such file, folder or glob match")
         found += [p for p in paths if p.lower().endswith(IMAGE_EXTENSIONS)]
     found = list(dict.fromkeys(found))
     if not found:
-        raise FileNotFoundError(f"no image found in --input {list(inputs)}")
+        raise UserInputError(
+            f"no image ({', '.join(IMAGE_EXTENSIONS)}) found in --input {list(inputs)}"
+        )
     return found
 
 
-def _read_boxes(class_dir: str) -> Dict[str, List[List[float]]]:
-    path = os.path.join(class_dir, BOX_FILE)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        raw = json.load(f)
-    boxes = {}
-    for name, value in raw.items():
-        arr = np.asarray(value, dtype=np.float64).reshape(-1, 4)
-        if (arr[:, 2] <= arr[:, 0]).any() or (arr[:, 3] <= arr[:, 1]).any():
-            raise ValueError(f"{path}: box of {name!r} is not [x0, y0, x1, y1] with x1>x0, y1>y0")
-        boxes[name] = arr.tolist()
-    return boxes
-
-
-def load_support_folder(
-    folder: str, size: int, context: int, image_format: str, k_shot: int = 0
-) -> List[Tuple[str, torch.Tensor, torch.Tensor]]:
-    """Per class (sorted by folder name): (name, uint8 (K, 3, S, S) crops, (K, 4) boxes)."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"support folder {folder} does not exist")
-    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
-    if not classes:
-        raise ValueError(f"support folder {folder} has no class sub-folder")
-    out = []
-    for name in classes:
-        class_dir = os.path.join(folder, name)
-        boxes_of = _read_boxes(class_dir)
-        files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
-        unknown = sorted(set(boxes_of) - set(files))
-        if unknown:
-            raise ValueError(f"{class_dir}/{BOX_FILE} names missing images: {unknown[:5]}")
-        crops, crop_boxes = [], []
-        for f in files:
-            image = read_image(os.path.join(class_dir, f), format="BGR")
-            h, w = image.shape[:2]
-            for box in boxes_of.get(f, [[0.0, 0.0, float(w), float(h)]]):
-                crop, crop_box = crop_support(image, box, size, context)
-                crops.append(convert_bgr(crop, image_format))
-                crop_boxes.append(crop_box)
-        if k_shot > 0:
-            crops, crop_boxes = crops[:k_shot], crop_boxes[:k_shot]
-        if not crops:
-            raise ValueError(f"support class folder {class_dir} has no image")
-        images = torch.from_numpy(np.ascontiguousarray(np.stack(crops).transpose(0, 3, 1, 2)))
-        out.append((name, images, torch.from_numpy(np.stack(crop_boxes).astype(np.float32))))
-    return out
+def check_weights(weights: str, from_option: bool) -> None:
+    """One line, not fvcore's assertion, if the weights file does not exist (URLs are left to
+    detectron2's checkpointer)."""
+    what = "--weights" if from_option else "MODEL.WEIGHTS (the config's weights)"
+    if not weights:
+        raise UserInputError(
+            "no model weights: pass --weights FILE, the model_final.pth that "
+            "tools/train_net.py wrote to its OUTPUT_DIR"
+        )
+    if "://" not in weights and not os.path.isfile(weights):
+        raise UserInputError(
+            f"{what} {weights}: no such file; pass --weights FILE, the model_final.pth that "
+            "tools/train_net.py wrote to its OUTPUT_DIR"
+        )
 
 
 def prototypes_from_folder(model, classes) -> PrototypeSet:
-    """One prototype per class (classes may have different numbers of shots)."""
-    parts = [
-        model.compute_prototypes(images, boxes, [i], [name])
-        for i, (name, images, boxes) in enumerate(classes)
-    ]
-    return PrototypeSet(
-        class_ids=torch.cat([p.class_ids for p in parts]),
-        rpn_kernels=torch.cat([p.rpn_kernels for p in parts]),
-        roi_prototypes=torch.cat([p.roi_prototypes for p in parts]),
-        class_names=[n for p in parts for n in p.class_names],
-        weights_fingerprint=parts[0].weights_fingerprint,
-        support_fingerprint=hashlib.sha1(
-            "|".join(p.support_fingerprint for p in parts).encode()
-        ).hexdigest(),
+    """One prototype per class (classes may have different numbers of shots); the weights are
+    fingerprinted once."""
+    fingerprint = weights_fingerprint(model)
+    return PrototypeSet.concatenate(
+        [
+            model.compute_prototypes(images, boxes, [i], [name], weights_fp=fingerprint)
+            for i, (name, images, boxes) in enumerate(classes)
+        ]
     )
 
 
@@ -184,47 +154,68 @@ def _vis_name(path: str, used: set) -> str:
 
 
 def main(argv=None) -> Dict:
+    """Run the tool; bad input stops it with one line naming the file and the fix (exit code
+    1). Returns the COCO dataset written to ``detections.json``."""
     args = parse_args(argv)
     setup_logger(name="fsod_d2")
-    opts = list(args.opts) + (["MODEL.WEIGHTS", args.weights] if args.weights else [])
-    cfg = setup_cfg(args.config_file, opts)
-    predictor = DefaultPredictor(cfg)  # builds the model, loads the weights, eval mode
-    model = predictor.model
+    try:
+        return run(args)
+    except (UserInputError, SupportFolderError) as e:
+        raise SystemExit(f"predict.py: error: {e}") from None
 
+
+def load_prototypes(args, cfg, model) -> PrototypeSet:
+    """The prototypes of --prototypes (checked against the weights) or of --supports (saved)."""
     if args.prototypes:
+        if not os.path.isfile(args.prototypes):
+            raise UserInputError(
+                f"--prototypes {args.prototypes}: no such file; compute them with --supports DIR"
+            )
         try:
             prototypes = model.load_prototypes(args.prototypes)
         except StalePrototypeError as e:
-            raise SystemExit(f"{e}\nRecompute them: --supports DIR instead of --prototypes") from e
+            raise UserInputError(f"{e}; or pass --supports DIR instead of --prototypes") from None
         logger.info("Loaded %d class prototypes from %s", len(prototypes), args.prototypes)
-    else:
-        s = cfg.FSOD.SUPPORT
-        classes = load_support_folder(
-            args.supports, s.SIZE, s.CONTEXT, cfg.INPUT.FORMAT, args.k_shot
-        )
-        prototypes = prototypes_from_folder(model, classes)
-        model.set_prototypes(prototypes)
-        path = args.save_prototypes or os.path.join(args.output, "prototypes.pth")
-        prototypes.save(path)
-        logger.info(
-            "%d classes from %s (%s shots); prototypes saved to %s",
-            len(classes),
-            args.supports,
-            ", ".join(f"{n}: {len(im)}" for n, im, _ in classes),
-            path,
-        )
+        return prototypes
+    classes = load_support_folder_from_config(cfg, args.supports, args.k_shot)
+    prototypes = prototypes_from_folder(model, classes)
+    model.set_prototypes(prototypes)
+    path = args.save_prototypes or os.path.join(args.output, "prototypes.pth")
+    prototypes.save(path)
+    logger.info(
+        "%d classes from %s (%s shots); prototypes saved to %s",
+        len(classes),
+        args.supports,
+        ", ".join(f"{n}: {len(im)}" for n, im, _ in classes),
+        path,
+    )
+    return prototypes
+
+
+def run(args) -> Dict:
+    opts = list(args.opts) + (["MODEL.WEIGHTS", args.weights] if args.weights else [])
+    cfg = setup_cfg(args.config_file, opts)
+    check_weights(cfg.MODEL.WEIGHTS, from_option=bool(args.weights))
+    paths = find_images(args.input)  # before the model: a wrong --input fails at once
+    predictor = DefaultPredictor(cfg)  # builds the model, loads the weights, eval mode
+    prototypes = load_prototypes(args, cfg, predictor.model)
 
     names = class_names_by_id(prototypes)
     metadata = Metadata(name="fsod_predict", thing_classes=names)
-    paths = find_images(args.input)
     vis_dir = os.path.join(args.output, "vis")
     os.makedirs(vis_dir, exist_ok=True)
-    images, results, used = [], [], set()
+    images, results, used, unreadable = [], [], set(), []
     start = time.perf_counter()
-    for image_id, path in enumerate(tqdm(paths, desc="predict", unit="img"), start=1):
-        image = read_image(path, format="BGR")
+    for path in tqdm(paths, desc="predict", unit="img"):
+        try:
+            image = read_image(path, format="BGR")
+        except IMAGE_READ_ERRORS as e:  # one bad image does not stop the others
+            logger.warning("Skipping unreadable image %s (%s: %s)", path, type(e).__name__, e)
+            unreadable.append(path)
+            continue
         instances = predictor(image)["instances"].to("cpu")
         h, w = image.shape[:2]
+        image_id = len(images) + 1
         images.append({"id": image_id, "file_name": path, "height": h, "width": w})
         for box, score, cls in zip(
             instances.pred_boxes.tensor.tolist(),
@@ -244,6 +235,11 @@ def main(argv=None) -> Dict:
         vis = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(shown)
         cv2.imwrite(os.path.join(vis_dir, _vis_name(path, used)), vis.get_image()[:, :, ::-1])
     seconds = time.perf_counter() - start
+    if not images:
+        raise UserInputError(
+            f"none of the {len(paths)} --input images could be read (first: {paths[0]}); "
+            "give readable image files"
+        )
 
     categories = [
         {"id": int(c) + 1, "name": names[c]} for c in sorted(prototypes.class_ids.tolist())
@@ -252,21 +248,34 @@ def main(argv=None) -> Dict:
         dict(r, id=i, area=r["bbox"][2] * r["bbox"][3], iscrowd=0)
         for i, r in enumerate(results, start=1)
     ]
-    dataset = {"images": images, "categories": categories, "annotations": annotations}
+    dataset = {
+        "info": {"description": "fsod-d2 predictions", "unreadable_images": unreadable},
+        "images": images,
+        "categories": categories,
+        "annotations": annotations,
+    }
     with open(os.path.join(args.output, "detections.json"), "w") as f:
         json.dump(dataset, f)
     with open(os.path.join(args.output, "coco_instances_results.json"), "w") as f:
         json.dump(results, f)
     logger.info(
         "%d images in %.1f s (%.3f s/image), %d detections (%d >= %.2f drawn) -> %s",
-        len(paths),
+        len(images),
         seconds,
-        seconds / len(paths),
+        seconds / len(images),
         len(results),
         sum(r["score"] >= args.confidence_threshold for r in results),
         args.confidence_threshold,
         args.output,
     )
+    if unreadable:
+        logger.warning(
+            "%d of %d images could not be read and were skipped (listed in detections.json "
+            "'info'): %s",
+            len(unreadable),
+            len(paths),
+            ", ".join(unreadable[:10]) + (" ..." if len(unreadable) > 10 else ""),
+        )
     return dataset
 
 

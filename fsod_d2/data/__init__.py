@@ -10,6 +10,7 @@ from .build import (
 )
 from .datasets import register_fewshot_coco, register_fewshot_voc, register_from_config
 from .episodic_mapper import EpisodicDatasetMapper
+from .support_folder import SupportFolderError, load_support_folder
 from .support_pool import SupportPool, build_support_set, crop_support
 
 __all__ = [
@@ -17,11 +18,13 @@ __all__ = [
     "EpisodeSampler",
     "EpisodicDatasetMapper",
     "EpisodicTrainLoader",
+    "SupportFolderError",
     "SupportPool",
     "build_episodic_train_loader",
     "build_support_set",
     "crop_support",
     "episode_seed",
+    "load_support_folder",
     "register_fewshot_coco",
     "register_fewshot_voc",
     "register_from_config",

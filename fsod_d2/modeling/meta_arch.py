@@ -109,6 +109,7 @@ class FsodRCNN(GeneralizedRCNN):
         class_names: Optional[Sequence[str]] = None,
         *,
         batch_size: int = 32,
+        weights_fp: Optional[str] = None,
     ) -> PrototypeSet:
         """Prototypes of a support set, once: K shots per class, class-major.
 
@@ -118,6 +119,8 @@ class FsodRCNN(GeneralizedRCNN):
             class_ids: C contiguous dataset class ids (the detections' ``pred_classes``).
             class_names: optional C names, stored with the prototypes.
             batch_size: crops per backbone pass.
+            weights_fp: :func:`weights_fingerprint` of this model if already computed (it hashes
+                every weight: compute it once when calling this once per class).
         """
         class_ids = torch.as_tensor(list(class_ids), dtype=torch.long)
         num_classes = len(class_ids)
@@ -145,7 +148,7 @@ class FsodRCNN(GeneralizedRCNN):
             rpn_kernels=kernels,
             roi_prototypes=rois,
             class_names=list(class_names or []),
-            weights_fingerprint=weights_fingerprint(self),
+            weights_fingerprint=weights_fp or weights_fingerprint(self),
             support_fingerprint=support_fingerprint(
                 support_images, support_boxes, class_ids, shots
             ),

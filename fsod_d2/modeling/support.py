@@ -3,14 +3,16 @@
 A :class:`PrototypeSet` holds, per class, the attention-RPN kernel (C) and the ROI-level support
 feature (C5 x h x w), both averaged over the K shots. Saved files carry a fingerprint of the
 weights and of the support set, so a file made with other weights or supports is detected on
-load instead of silently used.
+load instead of silently used. Sets are combined with :meth:`PrototypeSet.select`,
+:meth:`PrototypeSet.reorder` and :meth:`PrototypeSet.concatenate` (never field by field), which
+keep the fingerprints meaningful.
 """
 
 import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -72,6 +74,96 @@ class PrototypeSet:
 
     def __len__(self) -> int:
         return len(self.class_ids)
+
+    def _derived(
+        self, index: Sequence[int], operation: str, keep_labels: bool = False
+    ) -> "PrototypeSet":
+        """Entries ``index`` of this set (with this set's labels if ``keep_labels``); the
+        support fingerprint records the operation: another set, another hash."""
+        index = [int(i) for i in index]
+        labels = list(range(len(self))) if keep_labels else index
+        t = torch.as_tensor(index, dtype=torch.long, device=self.class_ids.device)
+        lt = torch.as_tensor(labels, dtype=torch.long, device=self.class_ids.device)
+        fp = self.support_fingerprint
+        if fp:
+            fp = hashlib.sha1(f"{fp}|{operation}|{index}".encode()).hexdigest()
+        return PrototypeSet(
+            self.class_ids[lt],
+            self.rpn_kernels[t.to(self.rpn_kernels.device)],
+            self.roi_prototypes[t.to(self.roi_prototypes.device)],
+            [self.class_names[i] for i in labels] if self.class_names else [],
+            self.weights_fingerprint,
+            fp,
+        )
+
+    def select(self, class_ids: Iterable[int]) -> "PrototypeSet":
+        """The prototypes of these classes (contiguous ids), in the order given.
+
+        Raises:
+            ValueError: if a class has no prototype in this set.
+        """
+        ids = [int(c) for c in class_ids]
+        position = {c: i for i, c in enumerate(self.class_ids.tolist())}
+        missing = [c for c in ids if c not in position]
+        if missing:
+            have = sorted(position)
+            raise ValueError(f"PrototypeSet: no prototype for classes {missing} (it has {have})")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"PrototypeSet.select: repeated class ids in {ids}")
+        index = [position[c] for c in ids]
+        return self if index == list(range(len(self))) else self._derived(index, "select")
+
+    def reorder(self, order: Sequence[int], *, keep_labels: bool = False) -> "PrototypeSet":
+        """The set with its entries permuted: entry ``i`` of the result is entry ``order[i]``.
+
+        ``keep_labels=True`` permutes only the prototypes, not the class ids and names: class
+        ``i`` is then detected with the supports of class ``order[i]`` (the support-shuffled
+        control of the benchmarks).
+        """
+        order = [int(i) for i in order]
+        if sorted(order) != list(range(len(self))):
+            raise ValueError(
+                f"PrototypeSet.reorder: {order} is not a permutation of 0..{len(self) - 1}"
+            )
+        if order == list(range(len(self))):
+            return self
+        return self._derived(order, "shuffle" if keep_labels else "reorder", keep_labels)
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["PrototypeSet"]) -> "PrototypeSet":
+        """One set of the classes of ``parts`` (in order), e.g. classes computed one by one.
+
+        Raises:
+            ValueError: without parts, if a class is in two parts, or if the parts were computed
+                with different weights.
+        """
+        parts = list(parts)
+        if not parts:
+            raise ValueError("PrototypeSet.concatenate needs at least one set")
+        if len(parts) == 1:
+            return parts[0]
+        ids = [c for p in parts for c in p.class_ids.tolist()]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"PrototypeSet.concatenate: a class is in two sets: {ids}")
+        weights = {p.weights_fingerprint for p in parts}
+        if len(weights) > 1:
+            raise ValueError(
+                "PrototypeSet.concatenate: the sets were computed with different weights"
+            )
+        named = [bool(p.class_names) for p in parts]
+        if any(named) and not all(named):
+            raise ValueError("PrototypeSet.concatenate: some sets have class names, others not")
+        device = parts[0].class_ids.device
+        return cls(
+            class_ids=torch.cat([p.class_ids.to(device) for p in parts]),
+            rpn_kernels=torch.cat([p.rpn_kernels.to(device) for p in parts]),
+            roi_prototypes=torch.cat([p.roi_prototypes.to(device) for p in parts]),
+            class_names=[n for p in parts for n in p.class_names],
+            weights_fingerprint=parts[0].weights_fingerprint,
+            support_fingerprint=hashlib.sha1(
+                "|".join(p.support_fingerprint for p in parts).encode()
+            ).hexdigest(),
+        )
 
     def to(self, device) -> "PrototypeSet":
         return PrototypeSet(
