@@ -184,7 +184,7 @@ def test_builtins_are_lazy_and_complete(tmp_path):
     assert "couch" in coco.novel_classes and "giraffe" in coco.base_classes
     voc = MetadataCatalog.get("fsod_voc07_test_split1")
     assert voc.novel_classes == ["bird", "bus", "cow", "motorbike", "sofa"]
-    assert voc.evaluator_type == "pascal_voc" and voc.thing_classes == list(VOC_CLASSES)
+    assert voc.evaluator_type == "coco" and voc.thing_classes == list(VOC_CLASSES)
     toy = MetadataCatalog.get("fsod_toy_train")
     assert len(toy.base_ids) == 20 and len(toy.novel_ids) == 5
     if not os.path.exists(coco.json_file):  # no COCO here: clear error when used

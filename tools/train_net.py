@@ -22,7 +22,13 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from fsod_d2.engine import DatasetNotFoundError, FsodTrainer, check_datasets, setup_cfg
+from fsod_d2.engine import (
+    ConfigError,
+    DatasetNotFoundError,
+    FsodTrainer,
+    check_config,
+    setup_cfg,
+)
 
 logger = logging.getLogger("fsod_d2.train_net")
 
@@ -71,10 +77,11 @@ def main(args):
 
 
 def check(args) -> None:
-    """Stop before spawning processes if a dataset is missing (with what to do about it)."""
+    """Stop before spawning processes if the config cannot work: a dataset missing or not
+    registered, evaluation without (suitable) supports (with what to do about it)."""
     try:
-        check_datasets(setup_cfg(args.config_file, args.opts))
-    except DatasetNotFoundError as e:
+        check_config(setup_cfg(args.config_file, args.opts))
+    except (ConfigError, DatasetNotFoundError) as e:
         logger.error("%s", e)
         sys.exit(2)
 

@@ -33,13 +33,18 @@ from typing import Any
 
 import numpy as np
 from detectron2.config import CfgNode
-from detectron2.data import DatasetFromList, build_batch_data_loader, get_detection_dataset_dicts
+from detectron2.data import (
+    DatasetFromList,
+    MetadataCatalog,
+    build_batch_data_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.utils import comm
 from torch.utils.data import Dataset, Sampler
 
 from .datasets import register_from_config
 from .episodic_mapper import INFO_KEYS, EpisodicDatasetMapper
-from .support_pool import SupportPool
+from .support_pool import SupportPool, shot_counts
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +210,27 @@ class EpisodicTrainLoader:
             self.log_bad_data_summary(final=True)
 
 
+def check_training_shots(cfg: CfgNode, names: Sequence[str], dicts: Sequence[dict]) -> None:
+    """With ``FSOD.STRICT_SHOTS`` (no sampling with replacement), refuse ``FSOD.K_SHOT`` above
+    the support crops of a class outside its richest image (the shots some query of the class
+    can get) from the annotations, before the support cache is built."""
+    if not cfg.FSOD.STRICT_SHOTS:
+        return
+    k = cfg.FSOD.K_SHOT
+    counts = shot_counts(dicts, cfg.FSOD.SUPPORT.MIN_BOX_SIZE)
+    short = {c: outside for c, (_, outside) in counts.items() if outside < k}
+    if short:
+        classes = MetadataCatalog.get(names[0]).thing_classes
+        desc = [(classes[c], n) for c, n in sorted(short.items())]
+        raise ValueError(
+            f"FSOD.K_SHOT={k} but {len(desc)} classes of DATASETS.TRAIN {list(names)} have fewer "
+            f"support boxes outside their query image: {desc[:10]}, and FSOD.STRICT_SHOTS is True "
+            f"(no sampling with replacement). Lower FSOD.K_SHOT (the fewest is "
+            f"{min(short.values())}), annotate more instances of these classes, or set "
+            "FSOD.STRICT_SHOTS False (they are then sampled with replacement)."
+        )
+
+
 def build_episodic_train_loader(
     cfg: CfgNode,
     dataset_name_or_names: str | Sequence[str] | None = None,
@@ -224,6 +250,7 @@ def build_episodic_train_loader(
     names = [names] if isinstance(names, str) else list(names)
     dicts = get_detection_dataset_dicts(names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     if mapper is None:
+        check_training_shots(cfg, names, dicts)
         pool = SupportPool.from_config(cfg, names, dataset_dicts=dicts)
         mapper = EpisodicDatasetMapper(cfg, is_train=True, support_pool=pool)
     bad = set(mapper.pool.bad_images)

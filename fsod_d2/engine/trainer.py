@@ -7,9 +7,11 @@ What differs from :class:`DefaultTrainer`:
 * with ``cfg.SEED >= 0`` torch's RNG is re-seeded from (SEED, iteration, rank) before every
   forward pass in training, so a resumed run samples the same anchors/ROI pairs as an
   uninterrupted one (and ends with the same weights);
+* the config is checked before anything is built (:func:`fsod_d2.engine.check_config`): a
+  config that would fail at the first evaluation is refused at start;
 * :meth:`FsodTrainer.test` computes the class prototypes once from the seeded K-shot support
-  set (``cfg.FSOD.TEST``), then runs detectron2's ``inference_on_dataset`` with
-  :class:`FsodCOCOEvaluator` (AP and bAP/nAP);
+  set (``cfg.FSOD.TEST``), then runs detectron2's ``inference_on_dataset`` with the evaluator
+  of each test set's ``evaluator_type`` (:class:`FsodCOCOEvaluator`: AP and bAP/nAP);
 * multi-process training works on CPU (GLOO) and ``SOLVER.AMP.ENABLED`` works on CPU
   (bfloat16 autocast) as well as on GPUs;
 * hooks record episodes/min, images/s and per-GPU memory/utilisation, and an out-of-memory
@@ -22,34 +24,30 @@ import json
 import logging
 import os
 import weakref
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode, get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
 from detectron2.engine import defaults as d2_defaults
+from detectron2.evaluation import DatasetEvaluators
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import add_fsod_config
-from ..data import build_episodic_train_loader, build_support_set, register_from_config
-from ..evaluation import FsodCOCOEvaluator
+from ..config import setup_cfg  # noqa: F401  (re-exported: fsod_d2.engine.setup_cfg)
+from ..data import build_episodic_train_loader, build_support_set
+from ..evaluation import EVALUATOR_TYPES
 from ..modeling.support import PrototypeSet, StalePrototypeError, support_fingerprint
+from ..utils.files import atomic_write
+from .checks import check_config, support_dataset_required
 from .hooks import GPUStatsHook, ThroughputHook, explain_oom
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DatasetNotFoundError",
-    "FsodAMPTrainer",
-    "FsodTrainer",
-    "check_datasets",
-    "setup_cfg",
-    "unwrap_model",
-]
+__all__ = ["FsodAMPTrainer", "FsodTrainer", "setup_cfg", "unwrap_model"]
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -58,79 +56,6 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 # ---------------------------------------------------------------------------- config / datasets
-def setup_cfg(config_file: str = "", opts: Optional[List[str]] = None) -> CfgNode:
-    """detectron2 cfg + fsod keys, merged with ``config_file`` and ``opts``; datasets declared
-    in ``FSOD.REGISTER`` registered. Without CUDA, a ``cuda`` MODEL.DEVICE falls back to CPU.
-    Returns the frozen cfg (call detectron2's ``default_setup`` on it for logging/output)."""
-    cfg = add_fsod_config(get_cfg())
-    if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts or []))
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
-        cfg.MODEL.DEVICE = "cpu"
-    register_from_config(cfg)
-    cfg.freeze()
-    return cfg
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset the config uses is not registered or its files are not on disk."""
-
-
-def _dataset_help(name: str, missing: str) -> str:
-    root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
-    lines = [f"Dataset '{name}' is not available: {missing}."]
-    if name.startswith("fsod_coco"):
-        lines += [
-            f"Put COCO under $DETECTRON2_DATASETS (now {root!r}): {root}/coco/"
-            "{train2017,val2017,annotations} for the 2017 protocol (and {train2014,val2014} "
-            "for the 2014/TFA protocol),",
-            "then prepare the seeded K-shot split files: "
-            "python tools/prepare_fewshot_splits.py coco17   (or coco14),",
-        ]
-    elif name.startswith("fsod_voc"):
-        lines += [
-            f"Put VOC2007 and VOC2012 under $DETECTRON2_DATASETS (now {root!r}): "
-            f"{root}/VOC2007, {root}/VOC2012,",
-            "then prepare the seeded K-shot split files: "
-            "python tools/prepare_fewshot_splits.py voc,",
-        ]
-    elif name.startswith("fsod_toy"):
-        lines += ["Generate the toy dataset: python tools/make_toy_dataset.py (or make toy),"]
-    lines += [
-        "see datasets/README.md for the expected layout.",
-        "To try fsod-d2 without downloading anything: make demo (toy data, CPU, ~10 minutes), or "
-        "python tools/train_net.py --config-file configs/demo/fsod_toy_base.yaml",
-    ]
-    return "\n".join(lines)
-
-
-def check_datasets(cfg: CfgNode) -> None:
-    """Fail at once, with instructions, if a dataset of ``cfg`` (train, test, evaluation
-    supports) is not registered or its annotation file / image folder is missing."""
-    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
-    if cfg.FSOD.TEST.SUPPORT_DATASET:
-        names.append(cfg.FSOD.TEST.SUPPORT_DATASET)
-    for name in dict.fromkeys(names):
-        if name not in DatasetCatalog:
-            raise DatasetNotFoundError(_dataset_help(name, "no dataset of this name is registered"))
-        meta = MetadataCatalog.get(name)
-        paths = [
-            (what, meta.get(key))
-            for what, key in (
-                ("annotation file", "json_file"),
-                ("annotation file", "source_json_file"),
-                ("image folder", "image_root"),
-                ("VOC folder", "dirname"),
-            )
-            if meta.get(key)
-        ]
-        for what, path in paths:
-            if not os.path.exists(path):
-                raise DatasetNotFoundError(_dataset_help(name, f"its {what} {path} does not exist"))
-
-
 # ---------------------------------------------------------------------------- trainers
 class FsodAMPTrainer(AMPTrainer):
     """:class:`AMPTrainer` that also runs on CPU: bfloat16 autocast there (which needs no
@@ -177,6 +102,7 @@ class FsodTrainer(DefaultTrainer):
     hooks, explained OOM errors, CPU multi-process and AMP. See the module docstring."""
 
     def __init__(self, cfg: CfgNode):
+        check_config(cfg)  # before the model, the support cache and the loader are built
         with _cpu_ddp_support(cfg.MODEL.DEVICE):
             super().__init__(cfg)
         if cfg.SOLVER.AMP.ENABLED:  # detectron2's AMPTrainer asserts CUDA
@@ -219,9 +145,29 @@ class FsodTrainer(DefaultTrainer):
         return build_episodic_train_loader(cfg)
 
     @classmethod
-    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
+    def build_evaluator(
+        cls,
+        cfg: CfgNode,
+        dataset_name: str,
+        output_folder: Optional[str] = None,
+        *,
+        class_ids: Optional[Sequence[int]] = None,
+    ) -> DatasetEvaluators:
+        """The evaluator of the dataset's ``evaluator_type`` (metadata, default "coco"; see
+        :data:`fsod_d2.evaluation.EVALUATOR_TYPES`), over ``class_ids`` (contiguous; default
+        every class of the dataset), writing to ``output_folder``
+        (default ``OUTPUT_DIR/inference/<dataset>``)."""
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
+        if evaluator_type not in EVALUATOR_TYPES:
+            raise ValueError(
+                f"no fsod-d2 evaluator for dataset '{dataset_name}' of evaluator_type "
+                f"{evaluator_type!r} (known: {sorted(EVALUATOR_TYPES)})"
+            )
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return FsodCOCOEvaluator(dataset_name, output_dir=output_folder)
+        evaluator = EVALUATOR_TYPES[evaluator_type](
+            dataset_name, output_dir=output_folder, class_ids=class_ids
+        )
+        return DatasetEvaluators([evaluator])
 
     def build_hooks(self):
         hooks = super().build_hooks()
@@ -253,10 +199,7 @@ class FsodTrainer(DefaultTrainer):
         model = unwrap_model(model)
         t = cfg.FSOD.TEST
         if not t.SUPPORT_DATASET:
-            raise ValueError(
-                "FSOD.TEST.SUPPORT_DATASET is empty: name the registered dataset whose K-shot "
-                "draw gives the evaluation supports (e.g. the few-shot split of the train set)"
-            )
+            raise ValueError(support_dataset_required(cfg))
         images, boxes, class_ids, names = build_support_set(
             cfg, t.SUPPORT_DATASET, t.K_SHOT, t.SEED
         )
@@ -282,16 +225,7 @@ class FsodTrainer(DefaultTrainer):
         if subset not in ("base", "novel"):
             return prototypes
         keep_ids = set(meta.get(f"{subset}_ids", []))
-        keep = [i for i, c in enumerate(prototypes.class_ids.tolist()) if c in keep_ids]
-        index = torch.as_tensor(keep, dtype=torch.long, device=prototypes.class_ids.device)
-        return PrototypeSet(
-            prototypes.class_ids[index],
-            prototypes.rpn_kernels[index],
-            prototypes.roi_prototypes[index],
-            [prototypes.class_names[i] for i in keep] if prototypes.class_names else [],
-            prototypes.weights_fingerprint,
-            prototypes.support_fingerprint,
-        )
+        return prototypes.select(c for c in prototypes.class_ids.tolist() if c in keep_ids)
 
     @classmethod
     def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
@@ -309,9 +243,11 @@ class FsodTrainer(DefaultTrainer):
             for i, name in enumerate(cfg.DATASETS.TEST):
                 protos = cls._classes_of(prototypes, name)
                 module.set_prototypes(protos)
-                evaluator = evaluators[i] if evaluators else cls.build_evaluator(cfg, name)
-                if isinstance(evaluator, FsodCOCOEvaluator):
-                    evaluator.class_ids = protos.class_ids.tolist()
+                evaluator = (
+                    evaluators[i]
+                    if evaluators
+                    else cls.build_evaluator(cfg, name, class_ids=protos.class_ids.tolist())
+                )
                 single = cfg.clone()
                 single.defrost()
                 single.DATASETS.TEST = (name,)
@@ -336,10 +272,11 @@ class FsodTrainer(DefaultTrainer):
             cfg.FSOD.TEST.SEED,
             *(bbox.get(k, float("nan")) for k in ("AP", "bAP", "nAP", "nAP50")),
         )
-        out_dir = os.path.join(cfg.OUTPUT_DIR, "inference", name)
-        os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(
-            out_dir, f"fsod_metrics_{cfg.FSOD.TEST.K_SHOT}shot_seed{cfg.FSOD.TEST.SEED}.json"
+            cfg.OUTPUT_DIR,
+            "inference",
+            name,
+            f"fsod_metrics_{cfg.FSOD.TEST.K_SHOT}shot_seed{cfg.FSOD.TEST.SEED}.json",
         )
         record = {
             "dataset": name,
@@ -350,6 +287,6 @@ class FsodTrainer(DefaultTrainer):
             "classes": prototypes.class_names,
             "metrics": {task: dict(m) for task, m in result.items()},
         }
-        with open(path, "w") as f:
+        with atomic_write(path) as f:
             json.dump(record, f, indent=1)
         logger.info("Few-shot metrics written to %s", path)

@@ -1,5 +1,5 @@
 """Evaluation: COCO-style AP with base/novel split."""
 
-from .fsod_evaluation import FsodCOCOEvaluator, summarize_categories
+from .fsod_evaluation import EVALUATOR_TYPES, FsodCOCOEvaluator, summarize_categories
 
-__all__ = ["FsodCOCOEvaluator", "summarize_categories"]
+__all__ = ["EVALUATOR_TYPES", "FsodCOCOEvaluator", "summarize_categories"]

@@ -15,7 +15,7 @@ from detectron2.utils.logger import create_small_table
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FsodCOCOEvaluator", "summarize_categories"]
+__all__ = ["EVALUATOR_TYPES", "FsodCOCOEvaluator", "summarize_categories"]
 
 # (metric, IoU threshold index or None for the mean over 0.50:0.95, area range index)
 # in the order of COCOeval.summarize; area ranges: all, small, medium, large.
@@ -50,8 +50,8 @@ class FsodCOCOEvaluator(COCOEvaluator):
     """:class:`COCOEvaluator` with base/novel results: ``AP``... over the evaluated classes,
     ``bAP``, ``bAP50``, ... over base classes and ``nAP``, ``nAP50``, ... over novel classes.
 
-    The evaluated classes are ``class_ids`` (contiguous; set by the trainer to the classes
-    that have prototypes), default every class of the dataset; classes with ground truth but
+    The evaluated classes are ``class_ids`` (contiguous; the trainer passes the classes that
+    have prototypes), default every class of the dataset; classes with ground truth but
     no prototype would otherwise count as AP 0. Base/novel come from the dataset metadata
     (``base_ids``/``novel_ids``, contiguous; see :func:`fsod_d2.data.register_fewshot_coco`).
     A group with no ground truth in the dataset reports NaN.
@@ -131,3 +131,8 @@ class FsodCOCOEvaluator(COCOEvaluator):
             create_small_table({k: v for k, v in extra.items() if k[:1] in "bn"}),
         )
         return results
+
+
+# The evaluator of each dataset ``evaluator_type`` (metadata) that fsod-d2 evaluates; the
+# trainer refuses other types at start. VOC sets are registered as "coco" (COCO-style AP).
+EVALUATOR_TYPES = {"coco": FsodCOCOEvaluator}

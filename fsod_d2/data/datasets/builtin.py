@@ -22,7 +22,7 @@ COCO 2017, FewX split (same 60/20 classes)
 ``fsod_coco17_train_{K}shot_seed{S}``            K in 1,2,3,5,10,30; S in 0..9
 PASCAL VOC 07+12, TFA splits 1-3 (15 base / 5 novel)
 ``fsod_voc0712_trainval_split{N}``               VOC2007 + VOC2012 trainval
-``fsod_voc07_test_split{N}``                     VOC2007 test (evaluator "pascal_voc")
+``fsod_voc07_test_split{N}``                     VOC2007 test (COCO-style evaluation)
 ``fsod_voc0712_trainval_split{N}_{K}shot_seed{S}``  K in 1,2,3,5,10; S in 0..9
 Toy (``tools/make_toy_dataset.py``)
 ``fsod_toy_train`` / ``fsod_toy_val``            ``fsod_toy/{train,val}.json``; 20 base / 5 novel
@@ -113,7 +113,7 @@ def _register_voc(root: str) -> None:
             f"fsod_voc0712_trainval_split{split}",
             [(voc07, "trainval"), (voc12, "trainval")],
             novel,
-            evaluator_type="pascal_voc",
+            evaluator_type="coco",
             dirname=voc07,
             year=2007,
             split="trainval",
@@ -122,7 +122,7 @@ def _register_voc(root: str) -> None:
             f"fsod_voc07_test_split{split}",
             [(voc07, "test")],
             novel,
-            evaluator_type="pascal_voc",
+            evaluator_type="coco",
             dirname=voc07,
             year=2007,
             split="test",

@@ -1,8 +1,10 @@
 """PASCAL VOC as few-shot datasets: XML loading with a base/novel split, and conversion to COCO.
 
-Query/evaluation sets read the VOC XML directly (image ids are the VOC file ids, so detectron2's
-``PascalVOCDetectionEvaluator`` works). K-shot sets are COCO JSON files prepared by
-``tools/prepare_fewshot_splits.py voc`` from the same XML via :func:`voc_to_coco`.
+Query/evaluation sets read the VOC XML directly (image ids are the VOC file ids) and are
+evaluated COCO-style like every few-shot set (``evaluator_type`` "coco": AP, AP50 and bAP/nAP;
+AP50 is the all-point area under the precision/recall curve, not the 11-point VOC07 metric).
+K-shot sets are COCO JSON files prepared by ``tools/prepare_fewshot_splits.py voc`` from the same
+XML via :func:`voc_to_coco`.
 
 "difficult" objects become ``iscrowd=1``: they are never support crops nor training boxes, but a
 class with a difficult object in the query is still "present" (never used as a negative).
