@@ -1,0 +1,67 @@
+"""fsod_d2.utils and the config builder: the one datasets-root reader, atomic write, sample std,
+setup_cfg."""
+
+import json
+import math
+import os
+
+import pytest
+
+from fsod_d2 import setup_cfg
+from fsod_d2.data.datasets import datasets_root as data_datasets_root
+from fsod_d2.utils import atomic_write, datasets_root, mean_std
+
+from .common import TINY_CONFIG
+
+
+def test_datasets_root_expands_user_and_variables(monkeypatch, tmp_path):
+    monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
+    assert datasets_root() == "datasets"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DATA_DISK", "/mnt/disk")
+    monkeypatch.setenv("DETECTRON2_DATASETS", "~/d2")
+    assert datasets_root() == str(tmp_path / "d2")
+    monkeypatch.setenv("DETECTRON2_DATASETS", "$DATA_DISK/d2")
+    assert datasets_root() == "/mnt/disk/d2"
+    assert data_datasets_root is datasets_root  # one reader, re-exported
+
+
+def test_atomic_write_replaces_whole_files_only(tmp_path):
+    path = tmp_path / "sub" / "a.json"
+    with atomic_write(path) as f:
+        json.dump({"v": 1}, f)
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    with pytest.raises(RuntimeError):
+        with atomic_write(path) as f:
+            f.write('{"v": 2, "trunc')
+            raise RuntimeError("killed mid-write")
+    assert json.loads(path.read_text()) == {"v": 1}  # the previous file is intact
+    assert os.listdir(path.parent) == ["a.json"]  # no temporary file left
+    with atomic_write(path, "wb") as f:
+        f.write(b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+    with pytest.raises(ValueError, match="for writing"):
+        with atomic_write(path, "a"):
+            pass
+
+
+def test_mean_std_is_the_sample_std_over_finite_values():
+    assert mean_std([10.0, 14.0, 12.0]) == {"mean": 12.0, "std": 2.0, "n": 3}
+    assert mean_std([4.0, float("nan"), None, 6.0]) == {
+        "mean": 5.0,
+        "std": pytest.approx(math.sqrt(2.0)),
+        "n": 2,
+    }
+    assert mean_std([3.0]) == {"mean": 3.0, "std": 0.0, "n": 1}
+    empty = mean_std([float("nan")])
+    assert math.isnan(empty["mean"]) and math.isnan(empty["std"]) and empty["n"] == 0
+
+
+def test_setup_cfg_merges_file_and_overrides():
+    cfg = setup_cfg(str(TINY_CONFIG), ["FSOD.N_WAY", "4", "FSOD.K_SHOT", 5])
+    assert cfg.is_frozen() and (cfg.FSOD.N_WAY, cfg.FSOD.K_SHOT) == (4, 5)
+    assert cfg.MODEL.META_ARCHITECTURE == "FsodRCNN" and cfg.FSOD.SUPPORT.SIZE == 64
+    assert not setup_cfg(str(TINY_CONFIG), freeze=False).is_frozen()
+    with pytest.raises(AssertionError, match="Non-existent key: FSOD.NO_SUCH_KEY"):  # yacs
+        setup_cfg(str(TINY_CONFIG), ["FSOD.NO_SUCH_KEY", "1"])
