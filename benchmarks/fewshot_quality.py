@@ -56,7 +56,7 @@ from fsod_d2.data import build_support_set, register_fewshot_coco  # noqa: E402
 from fsod_d2.data.splits import dump_json, sample_kshot  # noqa: E402
 from fsod_d2.engine.trainer import FsodTrainer, setup_cfg, unwrap_model  # noqa: E402
 from fsod_d2.evaluation.fsod_evaluation import FsodCOCOEvaluator  # noqa: E402
-from fsod_d2.modeling import PrototypeSet  # noqa: E402
+from fsod_d2.utils import datasets_root, mean_std  # noqa: E402
 
 logger = logging.getLogger("fsod_d2.benchmarks.fewshot_quality")
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ class Family:
     def __init__(self, name: str, shots: List[int], seeds: List[int], num_train: int, num_val: int):
         self.name = name
         self.train, self.val = f"fq_{name}_train", f"fq_{name}_val"
-        root = Path(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")))
+        root = Path(datasets_root())
         self.root = root / f"fewshot_{name}"
         info = self._generate(num_train, num_val)
         self.stats = info["stats"]
@@ -168,9 +168,7 @@ class TFAFinetuneTrainer(BaselineTrainer):
 def evaluate(cfg, model, dataset: str, out_dir: str) -> dict:
     prototypes = getattr(unwrap_model(model), "prototypes", None)
     class_ids = prototypes.class_ids.tolist() if prototypes is not None else None
-    evaluator = FsodCOCOEvaluator(dataset, output_dir=out_dir)
-    if class_ids is not None:
-        evaluator.class_ids = class_ids
+    evaluator = FsodCOCOEvaluator(dataset, output_dir=out_dir, class_ids=class_ids)
     loader = build_detection_test_loader(cfg, dataset)
     bbox = inference_on_dataset(model, loader, evaluator)["bbox"]
     # COCOeval reports NaN when a model makes no detection at all; that is AP 0 here (every
@@ -187,8 +185,7 @@ def support_prototypes(cfg, model, family: Family, k: int, seed: int, shuffle=Fa
     if shuffle:
         n = len(protos)
         perm = (torch.arange(n) + 1 + torch.randperm(n - 1)[0]) % n
-        kernels, rois = protos.rpn_kernels[perm], protos.roi_prototypes[perm]
-        protos = PrototypeSet(protos.class_ids, kernels, rois, protos.class_names)
+        protos = protos.reorder(perm.tolist(), keep_labels=True)
     return protos
 
 
@@ -257,12 +254,6 @@ def run_cell(args, family: Family, arm: str, work: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------- outputs
-def sample_std(values) -> float:
-    """Sample standard deviation (ddof=1); NaN for fewer than two values."""
-    values = np.asarray(values, dtype=float)
-    return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
-
-
 def summarize(rows: list) -> dict:
     """Mean ± sample std over K-shot draws per (family, method, K)."""
     groups: Dict[str, list] = {}
@@ -270,10 +261,7 @@ def summarize(rows: list) -> dict:
         groups.setdefault(f"{r['family']}/{r['method']}@{r['k']}shot", []).append(r)
     out = {}
     for key, rs in groups.items():
-        out[key] = {}
-        for m in METRICS:
-            values = [r[m] for r in rs]
-            out[key][m] = {"mean": float(np.mean(values)), "std": sample_std(values), "n": len(rs)}
+        out[key] = {m: mean_std(r[m] for r in rs) for m in METRICS}
     return out
 
 

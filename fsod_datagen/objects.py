@@ -26,6 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fsod_d2.utils.files import atomic_write
+
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
@@ -737,10 +739,8 @@ def _too_much(owner: np.ndarray, full_area: list[int], fp, keep: float) -> bool:
 # Dataset writer
 # ---------------------------------------------------------------------------------------------
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path, encoding="utf-8") as f:
         json.dump(obj, f, sort_keys=True, separators=(",", ":"))
-    os.replace(tmp, path)
 
 
 def _generate_split(

@@ -11,7 +11,7 @@ then aggregate:
   python tools/aggregate_seeds.py output/           # folders (searched recursively), files, globs
 
 Results are grouped by (dataset, K); a group with several results for one seed keeps the newest
-file. Std is the sample standard deviation (ddof=1; 0 for a single seed).
+file. Std is the sample standard deviation (ddof=1; NaN for a single seed).
 """
 
 import argparse

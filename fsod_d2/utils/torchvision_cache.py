@@ -16,14 +16,14 @@ import argparse
 import hashlib
 import importlib.util
 import logging
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +76,8 @@ def seed(name: str, target_dir: Optional[Path] = None) -> str:
     actual = _sha256_prefix(source, len(prefix))
     if actual != prefix:
         raise ValueError(f"{source}: sha256 starts with {actual}, not {prefix}; not caching it")
-    target_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=f".{name}.")
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with open(source, "rb") as src, atomic_write(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
     return "seeded"
 
 
