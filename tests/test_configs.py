@@ -33,6 +33,7 @@ def test_config_tree_is_complete():
         "Base-FSOD-C4.yaml",
         "fsod_5way3shot.yaml",
         "fsod_5way3shot_finetune.yaml",
+        "fsod_5way4shot_s384.yaml",
         "demo/fsod_toy_base.yaml",
         "quick_schedules/fsod_tiny_cpu.yaml",
         "voc/fsod_split1_5way3shot.yaml",
@@ -63,6 +64,10 @@ def test_headline_config():
     assert cfg.MODEL.WEIGHTS.startswith("detectron2://ImageNetPretrained/")
     assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.SOLVER.REFERENCE_WORLD_SIZE > 0
     assert _load(CONFIG_DIR / "fsod_5way3shot_s384.yaml").FSOD.SUPPORT.SIZE == 384
+    # the recommended setting: 5-way 4-shot, 384 px supports, the headline's data and schedule
+    rec = _load(CONFIG_DIR / "fsod_5way4shot_s384.yaml")
+    assert (rec.FSOD.N_WAY, rec.FSOD.K_SHOT, rec.FSOD.SUPPORT.SIZE) == (5, 4, 384)
+    assert rec.DATASETS.TRAIN == cfg.DATASETS.TRAIN and rec.SOLVER.MAX_ITER == cfg.SOLVER.MAX_ITER
     ft = _load(CONFIG_DIR / "fsod_5way3shot_finetune.yaml")
     assert ft.DATASETS.TRAIN[0].endswith("_novel") and ft.SOLVER.BASE_LR < cfg.SOLVER.BASE_LR
 
