@@ -84,6 +84,7 @@ def test_inference_without_prototypes_raises():
         model([{"image": image}])
 
 
+@pytest.mark.slow
 def test_overfit_one_episode():
     model = _model()
     model.train()
