@@ -12,12 +12,15 @@ log() { echo "[install] $*"; }
 here=$(pwd -P)
 
 # Fast path (`make test` and `make demo` run this script first): one interpreter start when
-# everything is installed already, the editable fsod-d2 pointing at this checkout.
+# everything is installed already (the editable fsod-d2 pointing at this checkout, the
+# pretrained weights below in torchvision's cache).
 if (cd / && $PY - "$here" 2>/dev/null <<'EOF'
 import os, sys
 import detectron2, fsod_d2, pytest, ruff, setuptools, torch, torchvision  # noqa: F401
+from fsod_d2.utils import torchvision_cache as tvc
 src = os.path.dirname(os.path.dirname(os.path.realpath(fsod_d2.__file__)))
 ok = int(setuptools.__version__.split(".")[0]) < 81 and src == sys.argv[1]
+ok = ok and all((tvc.cache_dir() / name).is_file() for name in tvc.SOURCES)  # weights cached
 if ok:
     print(f"[install] ok: torch {torch.__version__}, detectron2 {detectron2.__version__}, "
           f"fsod-d2 editable at {src}: nothing to do")
