@@ -1,11 +1,14 @@
 PYTHON ?= python
-.PHONY: install test lint format demo toy bench
+.PHONY: install test test-fast lint format demo toy
 
 install:  ## torch, detectron2 (from source unless importable), fsod-d2 editable + dev extras
 	PYTHON=$(PYTHON) bash scripts/install.sh
 
-test:  ## CPU test suite (tiny configs)
+test: install  ## CPU test suite, both tiers (tiny configs); installs first (seconds if installed)
 	$(PYTHON) -m pytest -q tests
+
+test-fast: install  ## the fast tier only: unit tests, no multi-process runs or training loops
+	$(PYTHON) -m pytest -q -m "not slow" tests
 
 lint:
 	$(PYTHON) -m ruff check fsod_d2 tools tests benchmarks setup.py
@@ -18,5 +21,5 @@ format:
 toy:  ## generate the toy few-shot dataset under $$DETECTRON2_DATASETS (default datasets/)
 	$(PYTHON) tools/make_toy_dataset.py
 
-demo:  ## toy data -> base training on CPU -> novel K-shot eval (bAP/nAP) -> visualizations
+demo: install  ## toy data -> base training on CPU -> novel K-shot eval (bAP/nAP) -> visualizations
 	bash scripts/demo.sh

@@ -236,7 +236,7 @@ class TrainStep:
             step does not depend on it, and a tiny one keeps random weights sane.
         amp: autocast, float16 + GradScaler as detectron2's AMPTrainer (or bfloat16) on CUDA;
             on CPU bfloat16, a functional check only.
-        fast: the two changes the CPU profile points to (benchmarks/README.md): the model in
+        fast: the two changes the CPU profile points to (benchmarks/CHANGELOG.md): the model in
             channels-last memory format (oneDNN/cuDNN convolutions without layout reorders) and
             a fused SGD (one kernel over all parameters instead of a Python loop over tensors).
     """

@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
-# GPU benchmark check for a single-GPU machine that has python3 + torch (+ CUDA) but nothing of
-# ours installed and no network (this workplace's device machines: see
-# /work/.library/device/KINDS.md). Under 8 minutes in all; JSON, PNGs and the log go to $OUT.
+# GPU benchmark check for a machine with one GPU and python3 + torch (CUDA), where neither
+# detectron2 nor fsod-d2 is installed and there may be no network. Under 8 minutes in all; the
+# log, the JSONs and the PNGs go to $OUT (default benchmarks/results/gpu_check).
 #
-#   1. Prepare, here, once (needs network for the wheels; nothing of it is committed):
-#        DETECTRON2_SRC=/path/to/detectron2/checkout bash benchmarks/gpu_check.sh --prepare
-#      -> .whl/    wheels of detectron2's pure-Python needs that the GPU image lacks (for
-#                  Python $PYVER, default 3.12, the GPU image's): the exact commands are below.
+#   1. Prepare, once, on any machine with network (both folders are untracked):
+#        DETECTRON2_SRC=/path/to/detectron2 bash benchmarks/gpu_check.sh --prepare
+#      -> .whl/    wheels of detectron2's pure-Python dependencies that a bare torch image lacks
+#                  (for Python $PYVER, default 3.12; the exact commands are below).
 #      -> .d2src/  detectron2's Python sources (no compiled _C: the model does not need it).
-#      Both folders are gitignored; they travel with the device call's `carry`.
-#   2. Run, on the GPU machine, from the repo root:
-#        run(command="bash benchmarks/gpu_check.sh", carry=[".whl", ".d2src"], timeout_s=540)
+#   2. Copy the repository with both folders to the GPU machine and run, from its root:
+#        bash benchmarks/gpu_check.sh
 #   3. CPU rehearsal of the same path (install, imports without detectron2._C, both benchmarks,
-#      plots) on the tiny config, 1 step per case, about 2 minutes:
+#      plots) on the tiny config, 1 step per case, about 3 minutes:
 #        bash benchmarks/gpu_check.sh --dry-run
 #      (WHEEL_DIR=... selects wheels built for this machine's Python, see --prepare / PYVER).
 #
 # What runs: benchmarks/train_throughput.py on R-50-C4, 5-way 3-shot, 384 px supports, query
 # shorter side 600: fp32 vs AMP (fp16 + GradScaler), batched vs the per-class loop (same
 # weights), FrozenBN folded vs not (batched_unfolded), early vs late RPN conditioning, 1 and 8
-# episodes per step, then N/K/support-size sweeps while its time budget lasts; then benchmarks/inference_scaling.py --configs R50-C4.
+# episodes per step, then N/K/support-size sweeps while its time budget lasts; then
+# benchmarks/inference_scaling.py --configs R50-C4, the plots and a summary table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -29,8 +29,8 @@ D2SRC=${D2SRC:-.d2src}
 PYVER=${PYVER:-3.12}
 PY=${PYTHON:-python3}
 
-# detectron2's run-time needs that the GPU image lacks (numpy, opencv, pyyaml, tabulate,
-# cloudpickle, matplotlib, pillow, portalocker, tqdm, psutil, scikit-image are there).
+# detectron2's run-time needs that a bare torch image lacks (numpy, opencv, pyyaml, tabulate,
+# cloudpickle, matplotlib, pillow, portalocker, tqdm, psutil and scikit-image are expected).
 # pycocotools: detectron2.structures imports pycocotools.mask. hydra-core is not needed.
 BINARY_WHEELS=(termcolor==3.3.0 yacs==0.1.8 iopath==0.1.9 omegaconf==2.3.1 pycocotools==2.0.11)
 SDIST_ONLY=(fvcore==0.1.5.post20221221 antlr4-python3-runtime==4.9.3)  # pure Python: built here
@@ -109,7 +109,7 @@ timeout 150 "$PY" benchmarks/inference_scaling.py "${INFER[@]}" --out-dir "$OUT"
 echo "inference_scaling done: $((SECONDS - START)) s"
 "$PY" benchmarks/plots.py "$OUT" || true
 
-# ---- short summary last (a device call's reply holds the end of the output)
+# ---- short summary last (a runner that keeps only the end of the output still shows it)
 "$PY" - "$OUT" <<'EOF'
 import json, sys
 from pathlib import Path

@@ -7,8 +7,9 @@ Data: the toy dataset (``fsod_toy_train_base``, generated under $DETECTRON2_DATA
 Settings: the tiny CPU config as is, and the same with 320-px supports (the paper's size) at
 5-way 3-shot. The support cache is built before timing. The model rate is one training step
 (forward + backward + SGD) per batch of pre-loaded episodes, so it excludes loading. Prints a
-table and writes ``benchmarks/results/loader_throughput.json`` with ratio = loader / model.
-The issue's target: ratio >= 5 (the loader is never the bottleneck).
+table and writes ``loader_throughput.json`` to ``--out-dir`` (default
+``$FSOD_BENCH_OUT`` or ``benchmarks/results``) with ratio = loader / model.
+Target: ratio >= 5 (the loader is never the bottleneck).
 """
 
 from __future__ import annotations
@@ -99,7 +100,11 @@ def main(argv=None) -> dict:
     p.add_argument("--model-iters", type=int, default=6, help="timed model steps per setting")
     p.add_argument("--no-model", action="store_true", help="loader only")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--output", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument(
+        "--out-dir",
+        default=os.environ.get("FSOD_BENCH_OUT", str(REPO / "benchmarks" / "results")),
+        help="where loader_throughput.json goes (default $FSOD_BENCH_OUT or benchmarks/results)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s %(name)s] %(message)s")
     logger.setLevel(logging.INFO)
@@ -156,8 +161,8 @@ def main(argv=None) -> dict:
             ratio_s = f"{ratio:.1f}x" if ratio else "-"
             w = k.split("_")[1]
             print(f"{name:24s} {w:>7s} {v['episodes_per_s']:12.1f} {model_s:>11s} {ratio_s:>7s}")
-    os.makedirs(args.output, exist_ok=True)
-    out = os.path.join(args.output, "loader_throughput.json")
+    os.makedirs(args.out_dir, exist_ok=True)
+    out = os.path.join(args.out_dir, "loader_throughput.json")
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
     print(f"wrote {out}")

@@ -18,7 +18,7 @@ Cases form a star around the *headline* (first --ways-shots, last --support-size
   same weights (state_dict copied, fingerprint checked) as: ``batched`` (the model as
   configured), ``per_class`` (MODEL.FSOD.PER_CLASS_REFERENCE: each class's RPN, ROI sampling
   and relation run separately, FewX-style) -> ``per_class_over_batched``, and
-  ``batched_fast`` (channels-last + fused SGD, see benchmarks/README.md) -> ``fast_speedup``;
+  ``batched_fast`` (channels-last + fused SGD, see benchmarks/CHANGELOG.md) -> ``fast_speedup``;
 * --sweeps: N-way, K-shot and support size varied one at a time around the headline (plots).
 
 Steps: --warmup (CPU 1, GPU 3), then --iters timed (CPU 3, GPU 10), more on one process until
@@ -559,7 +559,7 @@ def main(argv=None) -> Dict:
     cuda = args.device.startswith("cuda")
     cases, sweeps, star = plan(args)
     # one thread per process unless asked: on a shared VM, multi-threaded small ops stall at
-    # OpenMP barriers (2 threads measured 1.8x-100x slower than 1 here; benchmarks/README.md)
+    # OpenMP barriers (2 threads were 1.8x-100x slower than 1 on a 2-vCPU VM; benchmarks/README.md)
     cores = os.cpu_count() or 1
     results = {"machine": machine_info(), "args": vars(args), "cases": [], "sweeps": {}}
     kept_sweeps = {}

@@ -9,6 +9,26 @@ D2_SRC=${DETECTRON2_SRC:-git+https://github.com/facebookresearch/detectron2.git}
 cd "$(dirname "$0")/.."
 
 log() { echo "[install] $*"; }
+here=$(pwd -P)
+
+# Fast path (`make test` and `make demo` run this script first): one interpreter start when
+# everything is installed already (the editable fsod-d2 pointing at this checkout, the
+# pretrained weights below in torchvision's cache).
+if (cd / && $PY - "$here" 2>/dev/null <<'EOF'
+import os, sys
+import detectron2, fsod_d2, pytest, ruff, setuptools, torch, torchvision  # noqa: F401
+from fsod_d2.utils import torchvision_cache as tvc
+src = os.path.dirname(os.path.dirname(os.path.realpath(fsod_d2.__file__)))
+ok = int(setuptools.__version__.split(".")[0]) < 81 and src == sys.argv[1]
+ok = ok and all((tvc.cache_dir() / name).is_file() for name in tvc.SOURCES)  # weights cached
+if ok:
+    print(f"[install] ok: torch {torch.__version__}, detectron2 {detectron2.__version__}, "
+          f"fsod-d2 editable at {src}: nothing to do")
+sys.exit(0 if ok else 1)
+EOF
+); then
+  exit 0
+fi
 
 if $PY -c "import torch, torchvision" 2>/dev/null; then
   log "torch $($PY -c 'import torch; print(torch.__version__)') already installed"
@@ -34,7 +54,6 @@ fi
 
 # the editable install must point at *this* checkout (CI runs in a fresh clone elsewhere);
 # ask from / so that the current directory does not shadow the installed package
-here=$(pwd -P)
 installed=$(cd / && $PY -c "import os, fsod_d2, pytest, ruff; \
 print(os.path.dirname(os.path.dirname(os.path.realpath(fsod_d2.__file__))))" 2>/dev/null || true)
 if [ "$installed" = "$here" ]; then

@@ -32,6 +32,7 @@ def throughput(tmp_path_factory):
     return out, results
 
 
+@pytest.mark.slow
 def test_throughput_json_fields(throughput):
     out, results = throughput
     saved = json.loads((out / "train_throughput.json").read_text())
@@ -69,6 +70,7 @@ def test_throughput_json_fields(throughput):
     assert point["sweep"] and list(point["modes"]) == ["batched"] and point["support_size"] == 64
 
 
+@pytest.mark.slow
 def test_throughput_plot_and_table(throughput):
     out, results = throughput
     png = out / "train_throughput.png"
@@ -129,6 +131,7 @@ def restore_loggers():
         lg.setLevel(level)
 
 
+@pytest.mark.slow
 def test_fewshot_quality_smoke(tmp_path, monkeypatch, restore_loggers):
     """The benchmark shrunk to seconds (2 iterations, a few images, random backbone weights):
     every (family, arm) cell runs with its own config, the JSON has a row per (method, K,

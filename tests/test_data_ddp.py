@@ -3,10 +3,13 @@
 import json
 import os
 
+import pytest
 from detectron2.engine import launch
 from detectron2.utils import comm
 
 from .common import get_tiny_cfg, make_coco_dataset
+
+pytestmark = pytest.mark.slow  # spawns 2 processes
 
 
 def _worker(json_path, image_root, out_dir):

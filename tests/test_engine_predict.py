@@ -2,6 +2,7 @@
 COCO JSON that pycocotools loads."""
 
 import json
+import shutil
 import sys
 
 import cv2
@@ -102,3 +103,27 @@ def test_predict_rejects_prototypes_of_other_weights(predict_main, setup, tmp_pa
             [*common, "--weights", str(other / "model.pth"), "--output", str(tmp_path / "b"),
              "--prototypes", str(tmp_path / "a" / "prototypes.pth")]
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "boxes, message",
+    [
+        ({"shot0.png": [40, 10, 20, 30]}, r"boxes\.json.*shot0\.png"),
+        ({"shot0.png": [[5, 5, 30, 30], [9, 20, 9, 40]]}, r"boxes\.json.*shot0\.png"),
+        ({"shot0.png": [5, 5, 30, 30], "gone.png": [1, 1, 9, 9]}, r"boxes\.json.*gone\.png"),
+    ],
+    ids=["x1<x0", "empty-second-box", "unknown-image"],
+)
+def test_predict_refuses_a_bad_box_file_naming_it(predict_main, setup, tmp_path, boxes, message):
+    """A class folder's boxes.json is checked before any model work: an inverted or empty box,
+    or a box for an image that is not in the folder, stops the tool with the file's path."""
+    supports = tmp_path / "supports"
+    shutil.copytree(setup["supports"], supports)
+    class_dir = next(d for d in sorted(supports.iterdir()) if (d / "boxes.json").is_file())
+    (class_dir / "boxes.json").write_text(json.dumps(boxes))
+    args = ["--config-file", str(TINY_CONFIG), "--weights", str(setup["weights"])]
+    args += ["--supports", str(supports), "--input", str(setup["queries"])]
+    with pytest.raises((ValueError, SystemExit), match=message) as info:
+        predict_main([*args, "--output", str(tmp_path / "out")])
+    assert str(class_dir) in str(info.value)
+    assert not (tmp_path / "out" / "prototypes.pth").exists()

@@ -17,6 +17,8 @@ from fsod_d2.data.toy import generate_toy_dataset
 
 from .common import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # every test here trains or evaluates in 1-2 processes
+
 TRAIN_NET = str(REPO_ROOT / "tools" / "train_net.py")
 CONFIG = str(REPO_ROOT / "configs" / "quick_schedules" / "fsod_toy_tiny_train.yaml")
 TOY = {"num_base": 5, "num_novel": 2, "num_train": 24, "num_val": 6, "image_size": (120, 160)}

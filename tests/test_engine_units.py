@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from pycocotools.coco import COCO
@@ -110,17 +110,32 @@ def test_gpu_stats_absent_on_cpu_and_hook_records_per_gpu():
     assert not quiet.trainer.storage.latest()
 
 
-def test_throughput_hook_counts_episodes():
-    hook = ThroughputHook(episodes_per_iter=8, supports_per_episode=15, warmup_iters=0)
+def test_throughput_hook_counts_episodes(monkeypatch):
+    """Steps of 0.5 s and 2 s (a fake clock), 8 episodes of 15 supports per iteration."""
+    from fsod_d2.engine import hooks
+
+    clock = iter([10.0, 10.5, 20.0, 22.0, 30.0, 32.0])
+    monkeypatch.setattr(hooks.time, "perf_counter", lambda: next(clock))
+    hook = ThroughputHook(episodes_per_iter=8, supports_per_episode=15, warmup_iters=1)
     hook.trainer = _FakeTrainer(it=0)
     with hook.trainer.storage:
         hook.before_step()
-        hook.after_step()
+        hook.after_step()  # 0.5 s: 16 episodes/s
+        latest = hook.trainer.storage.latest()
+        assert latest["episodes_per_min"][0] == pytest.approx(960.0)
+        assert latest["images_per_s"][0] == pytest.approx(16.0)
+        assert latest["support_crops_per_s"][0] == pytest.approx(240.0)
+        assert hook.summary() == {}  # iteration 0 is warm-up
+        for it in (1, 2):  # 2 s each: 4 episodes/s
+            hook.trainer.iter = it
+            hook.before_step()
+            hook.after_step()
     latest = hook.trainer.storage.latest()
-    per_s = latest["images_per_s"][0]
-    assert latest["episodes_per_min"][0] == pytest.approx(per_s * 60)
-    assert latest["support_crops_per_s"][0] == pytest.approx(per_s * 15)
-    assert hook.summary()["iterations"] == 1
+    assert latest["episodes_per_min"][0] == pytest.approx(240.0)
+    assert latest["support_crops_per_s"][0] == pytest.approx(60.0)
+    assert hook.summary() == pytest.approx(
+        {"iterations": 2, "episodes_per_min": 240.0, "images_per_s": 4.0}
+    )
 
 
 def test_oom_message_names_the_knobs():
@@ -300,4 +315,13 @@ def test_evaluator_without_any_detection_reports_zero_where_there_is_ground_trut
         ev.process([{"image_id": d["image_id"]}], [{"instances": empty}])
     res = ev.evaluate()["bbox"]
     assert res["AP"] == 0.0 and res["bAP"] == 0.0 and res["nAP50"] == 0.0
-    assert np.isnan(res["APl"]) or res["APl"] == 0.0
+    # COCO's size ranges: an AP is 0 where the val set has such objects, NaN where it has none
+    areas = [
+        a["area"] for a in COCO(MetadataCatalog.get(f"{toy_names}_val").json_file).anns.values()
+    ]
+    for key, (lo, hi) in {"APs": (0, 32**2), "APm": (32**2, 96**2), "APl": (96**2, 1e10)}.items():
+        if any(lo <= a <= hi for a in areas):  # COCOeval: inclusive ranges
+            assert res[key] == 0.0, key
+        else:
+            assert np.isnan(res[key]), key
+    assert any(a < 96**2 for a in areas)  # at least one of APs / APm is a real 0
