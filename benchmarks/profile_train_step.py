@@ -49,7 +49,8 @@ PARTS = [
     ("roi_heads", "_label_and_sample_pairs", "roi: label + sample pairs"),
     ("roi_heads.pooler", "forward", "roi: pooler (ROIAlign)"),
     ("roi_heads.res5", "forward", "roi: res5"),
-    ("roi_heads.relation", "embed", "roi: relation embed"),
+    ("roi_heads.relation", "embed_queries", "roi: relation embed (ROIs)"),
+    ("roi_heads.relation", "embed_supports", "roi: relation embed (classes)"),
     ("roi_heads.relation", "forward", "roi: relation pairs"),
 ]
 

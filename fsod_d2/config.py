@@ -14,7 +14,26 @@ def add_fsod_config(cfg: CN) -> CN:
     _add_model_config(cfg)
     _add_episode_config(cfg)
     _add_engine_config(cfg)
+    _register_removed_keys(cfg)
     return cfg
+
+
+def _register_removed_keys(cfg: CN) -> None:
+    """Keys of earlier versions: merging one raises an error that says what to write instead."""
+    for name in ("GLOBAL", "LOCAL", "PATCH"):
+        cfg.register_renamed_key(
+            f"MODEL.FSOD.{name}_RELATION",
+            "MODEL.FSOD.RELATIONS",
+            f"list the relation branches to use, e.g. MODEL.FSOD.RELATIONS: {_ALL_BUT[name]} "
+            f"for {name}_RELATION False (default: all three)",
+        )
+
+
+_ALL_BUT = {
+    "GLOBAL": "['LocalRelation', 'PatchRelation']",
+    "LOCAL": "['GlobalRelation', 'PatchRelation']",
+    "PATCH": "['GlobalRelation', 'LocalRelation']",
+}
 
 
 def _add_model_config(cfg: CN) -> None:
@@ -23,10 +42,11 @@ def _add_model_config(cfg: CN) -> None:
     # conv, once per class (paper). "late": the RPN conv runs once on the query, the kernel
     # multiplies its hidden map right before the objectness layer (cost nearly flat in #classes).
     m.RPN_CONDITIONING = "early"
-    # Relation branches of the multi-relation head; their match logits are summed.
-    m.GLOBAL_RELATION = True  # pooled query/support vectors -> MLP
-    m.LOCAL_RELATION = True  # depth-wise correlation of 1x1-reduced maps
-    m.PATCH_RELATION = True  # concatenated ROI maps -> small conv stack
+    # Relation branches of the multi-relation head (class names registered in
+    # fsod_d2.modeling.relations.RELATION_REGISTRY); their match logits are summed.
+    # GlobalRelation: pooled query/support vectors -> MLP; LocalRelation: depth-wise correlation
+    # of 1x1-reduced maps; PatchRelation: concatenated ROI maps -> small conv stack.
+    m.RELATIONS = ["GlobalRelation", "LocalRelation", "PatchRelation"]
     m.RELATION_DIM = 256  # hidden width of each relation branch
     # Training pairs (ROI, class) per query image, sampled as
     # positive matches : background ROIs of present classes : ROIs paired with absent classes.

@@ -18,7 +18,7 @@ MODES = {
     "per-class-rois": ("MODEL.FSOD.SHARED_PROPOSALS", False),
     "late-rpn": ("MODEL.FSOD.RPN_CONDITIONING", "late"),
     "per-class-loop": ("MODEL.FSOD.PER_CLASS_REFERENCE", True),
-    "patch-only": ("MODEL.FSOD.GLOBAL_RELATION", False, "MODEL.FSOD.LOCAL_RELATION", False),
+    "patch-only": ("MODEL.FSOD.RELATIONS", ["PatchRelation"]),
 }
 
 
@@ -265,19 +265,6 @@ def test_mixed_n_way_batch_is_rejected():
     batch = [synthetic_episode(cfg, rng, [0], [0, 1, 2]), synthetic_episode(cfg, rng, [0], [0, 1])]
     with EventStorage(0), pytest.raises(ValueError, match="N-way"):
         model(batch)
-
-
-def test_dense_and_pairwise_relation_scores_agree():
-    """Training scores sampled pairs, inference scores dense ROI x class grids: same numbers."""
-    rel = _model().roi_heads.relation.eval()
-    torch.manual_seed(0)
-    rois, protos = torch.randn(6, 128, 4, 4), torch.randn(3, 128, 4, 4)
-    q, s = rel.embed(rois), rel.embed(protos)
-    ri = torch.arange(6).repeat_interleave(3)
-    ci = torch.arange(3).repeat(6)
-    dense = rel.cheap_logits_dense(q, s)
-    pairwise = rel.cheap_logits(q, s, ri, ci).view(6, 3)
-    assert torch.allclose(dense, pairwise, atol=1e-5)
 
 
 def test_folded_frozen_bn_computes_what_the_unfolded_model_does():
