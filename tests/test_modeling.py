@@ -349,14 +349,14 @@ def test_base_classifier_loss_trains_and_is_training_only():
 
     def check(model, losses):
         assert set(losses) >= {"loss_match", "loss_base_cls"}
-        assert model.base_classifier.weight.grad.abs().sum() > 0
+        assert model.roi_heads.base_classifier.weight.grad.abs().sum() > 0
         missing = [n for n, p in model.named_parameters() if p.grad is None]
         assert not missing, f"parameters without gradient: {missing}"
 
     model = _model(
         "MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", 1.0, "MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES", 4
     )
-    assert model.base_classifier.out_features == 4
+    assert model.roi_heads.base_classifier.out_features == 4
     _train_on_one_batch(model, 40, "loss_base_cls", check)
     _set_prototypes(model)
     model.eval()
@@ -374,3 +374,30 @@ def test_base_classifier_without_class_count_names_the_keys():
     ).train()
     with EventStorage(0), pytest.raises(ValueError, match="class id 3 .* 2 classes"):
         model(_batch(get_tiny_cfg()))  # the batch has classes 0-3
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("MODEL.PROPOSAL_GENERATOR.NAME", "RPN"),
+        ("MODEL.RPN.HEAD_NAME", "StandardRPNHead"),
+        ("MODEL.ROI_HEADS.NAME", "Res5ROIHeads"),
+    ],
+)
+def test_wrong_component_names_the_config_key(key, value):
+    with pytest.raises(TypeError, match=f"{key} builds a .*: set {key}"):
+        _model(key, value)
+
+
+def test_public_support_pieces_make_encode_supports():
+    """encode_supports = ROI head's pooling -> RPN's kernels and ROI head's prototypes."""
+    model = _model().eval()
+    images, boxes = synthetic_supports(np.random.default_rng(0), (0, 1), 2, 64)
+    with torch.no_grad():
+        kernels, rois = model.encode_supports(images, boxes)
+        features = model.backbone(model._normalize(images))[model.feature_name]
+        pooled = model.roi_heads.pool_supports(features, boxes)
+        assert torch.equal(kernels, model.proposal_generator.support_kernels(pooled))
+        assert torch.equal(rois, model.roi_heads.support_prototypes(pooled))
+    assert kernels.shape == (4, features.shape[1])
+    assert rois.shape[:2] == (4, model.roi_heads.res5[-1].out_channels)

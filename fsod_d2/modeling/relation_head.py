@@ -12,11 +12,13 @@ Everything is expressed over *pairs* ``(roi, class)``:
 * Box regression is class-agnostic and depends on the ROI alone, so it also runs once per box.
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple
+import logging
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
 from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
@@ -26,6 +28,8 @@ from torch import Tensor, nn
 
 from .relations import MultiRelation, build_relations
 from .torchvision_backbone import build_torchvision_roi_stage, uses_torchvision_backbone
+
+logger = logging.getLogger(__name__)
 
 _TEST_SCORES = ("sigmoid", "softmax")
 
@@ -41,8 +45,15 @@ class MultiRelationROIHeads(Res5ROIHeads):
     """Res5 ROI head whose predictor is the multi-relation detector (see module docstring).
 
     Reuses detectron2's pooler and res5 block (``_shared_roi_transform``) for both query ROIs
-    and support boxes; replaces the classifier with pairwise match scoring.
+    and support boxes; replaces the classifier with pairwise match scoring. Its public methods
+    are what :class:`FsodRCNN` uses: :meth:`pool_supports` and :meth:`support_prototypes`
+    (supports), :meth:`roi_features` (any boxes), :meth:`base_class_loss` (the optional
+    base-class classifier, which belongs to this head), and :meth:`forward`.
     """
+
+    # 2: the base-class classifier lives here (version 1: ``base_classifier.*`` of FsodRCNN,
+    # moved by FsodRCNN._load_from_state_dict)
+    _version = 2
 
     @configurable
     def __init__(
@@ -63,9 +74,22 @@ class MultiRelationROIHeads(Res5ROIHeads):
         box_loss_weight: float,
         class_contrast_weight: float = 0.0,
         test_score: str = "softmax",
+        base_classifier: Optional[nn.Linear] = None,
+        base_classifier_weight: float = 0.0,
         **kwargs,
     ):
+        """
+        Args:
+            relation: the relation branches (``MODEL.FSOD.RELATIONS``).
+            box_regressor: class-agnostic box deltas from the flattened res5 ROI feature.
+            base_classifier: training only: linear layer from pooled res5 features to dataset
+                class ids (``MODEL.FSOD.BASE_CLASSIFIER``); None = no ``loss_base_cls``.
+            base_classifier_weight: weight of ``loss_base_cls``.
+            others: see ``from_config`` (one config key each) and :class:`Res5ROIHeads`.
+        """
         super().__init__(**kwargs)
+        self.base_classifier = base_classifier
+        self.base_classifier_weight = base_classifier_weight
         if test_score not in _TEST_SCORES:
             raise ValueError(
                 f"MODEL.FSOD.TEST_SCORE must be one of {_TEST_SCORES}, got {test_score!r}"
@@ -95,11 +119,10 @@ class MultiRelationROIHeads(Res5ROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         ret = super().from_config(cfg, input_shape)
-        # the classifier of Res5ROIHeads is replaced by the relation module
-        ret.pop("box_predictor")
+        # Res5ROIHeads' classifier is replaced by the relation module and the box regressor
+        ret["box_predictor"] = None
         out_channels = res5_channels(ret["res5"])
         m = cfg.MODEL.FSOD
-        ret["box_predictor"] = None
         ret["relation"] = build_relations(m.RELATIONS, out_channels, m.RELATION_DIM)
         res5_size = (cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION + 1) // 2  # res5 has stride 2
         ret["box_regressor"] = nn.Linear(out_channels * res5_size**2, 4)
@@ -118,6 +141,10 @@ class MultiRelationROIHeads(Res5ROIHeads):
         ret["box_loss_weight"] = m.BOX_LOSS_WEIGHT
         ret["class_contrast_weight"] = m.CLASS_CONTRAST_WEIGHT
         ret["test_score"] = m.TEST_SCORE
+        num_classes = _base_classifier_classes(cfg) if m.BASE_CLASSIFIER.WEIGHT > 0 else 0
+        if num_classes:
+            ret["base_classifier"] = nn.Linear(out_channels, num_classes)
+        ret["base_classifier_weight"] = m.BASE_CLASSIFIER.WEIGHT
         return ret
 
     @classmethod
@@ -127,12 +154,38 @@ class MultiRelationROIHeads(Res5ROIHeads):
             return build_torchvision_roi_stage(cfg)
         return super()._build_res5_block(cfg)
 
-    # ------------------------------------------------------------------ supports
-    def encode_supports(self, features: Tensor, boxes: Tensor) -> Tuple[Tensor, Tensor]:
-        """Support crops' backbone map (S, C, H, W) and object boxes (S, 4) ->
-        RPN kernels (S, C) (ROI-pooled map, averaged) and ROI features (S, C5, h, w)."""
-        pooled = self.pooler([features], [Boxes(b[None]) for b in boxes])
-        return pooled.mean(dim=(2, 3)), self.res5(pooled)
+    # ------------------------------------------------------------------ public pieces
+    def pool_supports(self, features: Tensor, boxes: Tensor) -> Tensor:
+        """Support crops' backbone map (S, C, H, W) and object boxes (S, 4) -> the ROI-pooled
+        map of each object (S, C, r, r); input of the RPN kernels and of the prototypes."""
+        return self.pooler([features], [Boxes(b[None]) for b in boxes])
+
+    def support_prototypes(self, pooled: Tensor) -> Tensor:
+        """Pooled support maps (S, C, r, r) -> per-shot ROI features (S, C5, h, w)."""
+        return self.res5(pooled)
+
+    def roi_features(self, features: Dict[str, Tensor], boxes: List[Boxes]) -> Tensor:
+        """Res5 features (R, C5, h, w) of boxes on the query feature maps (the pooler + res5
+        of :class:`Res5ROIHeads`)."""
+        return self._shared_roi_transform([features[f] for f in self.in_features], boxes)
+
+    def base_class_loss(
+        self,
+        features: Dict[str, Tensor],
+        support_rois: Tensor,
+        support_classes: Tensor,
+        gt_instances: List[Instances],
+    ) -> Tensor:
+        """Weighted cross-entropy of the base-class classifier over support ROI features
+        (S, C5, h, w) labelled ``support_classes`` (S,) and over every ground-truth box of the
+        queries (``gt_classes``: dataset class ids). Needs ``base_classifier``."""
+        if self.base_classifier is None:
+            raise RuntimeError("base_class_loss needs MODEL.FSOD.BASE_CLASSIFIER.WEIGHT > 0")
+        query_rois = self.roi_features(features, [t.gt_boxes for t in gt_instances])
+        pooled = cat([support_rois, query_rois]).mean(dim=(2, 3))
+        labels = cat([support_classes, cat([t.gt_classes for t in gt_instances])])
+        loss = F.cross_entropy(self.base_classifier(pooled), labels)
+        return self.base_classifier_weight * loss
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -159,7 +212,7 @@ class MultiRelationROIHeads(Res5ROIHeads):
         return self._forward_test(features, proposals, prototypes)
 
     def _roi_embeddings(self, features: Dict[str, Tensor], boxes: List[Boxes]):
-        x = self._shared_roi_transform([features[f] for f in self.in_features], boxes)
+        x = self.roi_features(features, boxes)
         return x, self.relation.embed_queries(x)
 
     def _forward_train(self, features, proposals, prototypes, targets):
@@ -308,3 +361,23 @@ class MultiRelationROIHeads(Res5ROIHeads):
         if self.test_score == "sigmoid":
             return logits.sigmoid()
         return torch.softmax(F.pad(logits, (0, 1)), dim=1)[:, :-1]
+
+
+def _base_classifier_classes(cfg) -> int:
+    """MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES, or the training dataset's number of classes;
+    0 when neither is known. The classifier is training-only, so inference (``--eval-only``,
+    tools/predict.py) builds without it and ignores its weights in a checkpoint; training
+    without it raises in ``forward``."""
+    num = cfg.MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES
+    if num > 0:
+        return num
+    name = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
+    classes = MetadataCatalog.get(name).get("thing_classes") if name in MetadataCatalog else None
+    if not classes:
+        logger.info(
+            "MODEL.FSOD.BASE_CLASSIFIER: the number of classes is unknown (DATASETS.TRAIN[0] "
+            "%r is not registered): built without the training-only classifier",
+            name,
+        )
+        return 0
+    return len(classes)
