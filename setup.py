@@ -4,13 +4,17 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+DEMO = ["scikit-image", "matplotlib"]
+
 setup(
     name="fsod-d2",
     version="0.1.0",
     description="Few-shot object detection (Attention-RPN, multi-relation head) for Detectron2",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    packages=find_packages(exclude=("tests", "tools", "benchmarks", "configs")),
+    # fsod_d2: the runtime package; fsod_datagen: generated datasets for the demo, tests and
+    # benchmarks (never imported by fsod_d2)
+    packages=find_packages(exclude=("tests", "tests.*", "tools", "benchmarks", "configs")),
     python_requires=">=3.10",
     # detectron2 is not on PyPI: `make install` (scripts/install.sh) builds it from source.
     install_requires=[
@@ -22,9 +26,12 @@ setup(
         "numpy",
         "Pillow",
         "tqdm",
-        "matplotlib",
-        "scikit-image",
         "setuptools<81",  # detectron2.model_zoo imports pkg_resources
     ],
-    extras_require={"dev": ["pytest", "ruff", "black", "psutil"]},
+    # demo: the generated datasets (fsod_datagen: photos from scikit-image) and the benchmarks'
+    # plots; dev (what `make install` installs) includes it.
+    extras_require={
+        "demo": DEMO,
+        "dev": DEMO + ["pytest", "ruff", "black", "psutil"],
+    },
 )

@@ -61,7 +61,7 @@ def calibrate_frozen_bn(model: torch.nn.Module, images: torch.Tensor) -> None:
             )
             from detectron2.structures import Boxes
 
-            model.roi_heads._shared_roi_transform([features[name]], [Boxes(box)])
+            model.roi_heads.roi_features(features, [Boxes(box)])
     finally:
         for handle in handles:
             handle.remove()

@@ -15,22 +15,20 @@ shuffled as the control for the pretrained arm) with one change to the model or 
 Writes ``fewshot_ablation.json`` (every arm's summary, iterations and final loss terms; saved
 after each arm) and prints a Markdown table (also ``--table`` from an existing JSON).
 
-    python benchmarks/fewshot_ablation.py --family shapes                  # all arms
-    python benchmarks/fewshot_ablation.py --arms default no_patch --family objects
+    python -m benchmarks.fewshot_ablation --family shapes                  # all arms
+    python -m benchmarks.fewshot_ablation --arms default no_patch --family objects
     # overrides after the options apply to every arm, before the arm's own:
-    python benchmarks/fewshot_ablation.py --arms default no_patch SOLVER.MAX_ITER 100
+    python -m benchmarks.fewshot_ablation --arms default no_patch SOLVER.MAX_ITER 100
 """
 
 import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import fewshot_quality  # noqa: E402
-from benchmarks.common import machine_info, save_json  # noqa: E402
+from benchmarks import fewshot_quality
+from benchmarks.common import machine_info, save_json
 
 logger = logging.getLogger("fsod_d2.benchmarks.fewshot_ablation")
 REPO = Path(__file__).resolve().parents[1]
@@ -40,9 +38,9 @@ ARMS = {
     "default": [],
     "no_base_classifier": ["MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", "0.0"],
     "base_classifier": ["MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", "1.0"],
-    "no_global": ["MODEL.FSOD.GLOBAL_RELATION", "False"],
-    "no_local": ["MODEL.FSOD.LOCAL_RELATION", "False"],
-    "no_patch": ["MODEL.FSOD.PATCH_RELATION", "False"],
+    "no_global": ["MODEL.FSOD.RELATIONS", "['LocalRelation', 'PatchRelation']"],
+    "no_local": ["MODEL.FSOD.RELATIONS", "['GlobalRelation', 'PatchRelation']"],
+    "no_patch": ["MODEL.FSOD.RELATIONS", "['GlobalRelation', 'LocalRelation']"],
     "support_160px": ["FSOD.SUPPORT.SIZE", "160"],
     "2_way": ["FSOD.N_WAY", "2"],
     "5_way": ["FSOD.N_WAY", "5"],

@@ -27,9 +27,9 @@ sees). Each cell writes ``cells/<family>_<arm>.json`` (metrics per K and seed, t
 iterations, seconds, per-term loss curves); ``--table`` combines the cells into
 ``fewshot_quality.json`` and a Markdown table (mean ± sample std over K-shot draws).
 
-    python benchmarks/fewshot_quality.py --jobs 2            # every cell, 2 processes, ~2 h
-    python benchmarks/fewshot_quality.py --family objects --arm fsod_pretrained
-    python benchmarks/fewshot_quality.py --table             # combine the cells
+    python -m benchmarks.fewshot_quality --jobs 2            # every cell, 2 processes, ~2 h
+    python -m benchmarks.fewshot_quality --family objects --arm fsod_pretrained
+    python -m benchmarks.fewshot_quality --table             # combine the cells
 """
 
 import argparse
@@ -50,13 +50,12 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils.logger import setup_logger
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import machine_info, save_json  # noqa: E402
-from fsod_d2.data import build_support_set, register_fewshot_coco  # noqa: E402
-from fsod_d2.data.splits import dump_json, sample_kshot  # noqa: E402
-from fsod_d2.engine.trainer import FsodTrainer, setup_cfg, unwrap_model  # noqa: E402
-from fsod_d2.evaluation.fsod_evaluation import FsodCOCOEvaluator  # noqa: E402
-from fsod_d2.utils import datasets_root, mean_std  # noqa: E402
+from benchmarks.common import machine_info, save_json
+from fsod_d2.data import build_support_set, register_fewshot_coco
+from fsod_d2.data.splits import dump_json, sample_kshot
+from fsod_d2.engine.trainer import FsodTrainer, setup_cfg, unwrap_model
+from fsod_d2.evaluation.fsod_evaluation import FsodCOCOEvaluator
+from fsod_d2.utils import datasets_root, mean_std
 
 logger = logging.getLogger("fsod_d2.benchmarks.fewshot_quality")
 REPO = Path(__file__).resolve().parents[1]
@@ -442,9 +441,10 @@ def run_parallel(args, cells, out_dir: Path, argv) -> None:
     while pending or running:
         while pending and len(running) < args.jobs:
             family_name, arm = pending.pop(0)
-            cmd = [sys.executable, __file__, "--family", family_name, "--arm", arm, *common]
+            cmd = [sys.executable, "-m", "benchmarks.fewshot_quality"]
+            cmd += ["--family", family_name, "--arm", arm, *common]
             log = open(logs / f"{family_name}_{arm}.log", "w")
-            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
             running.append((proc, log))
             logger.info("started %s / %s", family_name, arm)
         time.sleep(5)
@@ -453,7 +453,7 @@ def run_parallel(args, cells, out_dir: Path, argv) -> None:
                 log.close()
                 running.remove((proc, log))
                 if proc.returncode:
-                    cell = " ".join(proc.args[3:7])
+                    cell = " ".join(proc.args[3:8])
                     logger.error("%s failed (exit %d): see %s", cell, proc.returncode, log.name)
 
 

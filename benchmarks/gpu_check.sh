@@ -101,13 +101,13 @@ else
     INFER=(--configs R50-C4)
 fi
 # the time budget stops starting new cases; timeout is the backstop (JSON is saved per case)
-timeout 330 "$PY" benchmarks/train_throughput.py --ways-shots 5x3 --rpn early late --procs 1 \
+timeout 330 "$PY" -m benchmarks.train_throughput --ways-shots 5x3 --rpn early late --procs 1 \
     --unfolded "${TRAIN[@]}" --out-dir "$OUT" || echo "train_throughput exited with $?"
 echo "train_throughput done: $((SECONDS - START)) s"
-timeout 150 "$PY" benchmarks/inference_scaling.py "${INFER[@]}" --out-dir "$OUT" \
+timeout 150 "$PY" -m benchmarks.inference_scaling "${INFER[@]}" --out-dir "$OUT" \
     || echo "inference_scaling exited with $?"
 echo "inference_scaling done: $((SECONDS - START)) s"
-"$PY" benchmarks/plots.py "$OUT" || true
+"$PY" -m benchmarks.plots "$OUT" || true
 
 # ---- short summary last (a runner that keeps only the end of the output still shows it)
 "$PY" - "$OUT" <<'EOF'

@@ -10,21 +10,19 @@ one model with fixed random weights (FrozenBN calibrated so proposals are realis
 Seconds per query image for 1, 5, 20, 80 classes, and for K = 1, 5, 10 shots with cached
 prototypes (plus the one-off prototype computation). Writes JSON and a PNG plot.
 
-    python benchmarks/inference_scaling.py                 # everything (~10 min on 2 cores)
-    python benchmarks/inference_scaling.py --configs tiny  # quick
+    python -m benchmarks.inference_scaling                 # everything (~10 min on 2 cores)
+    python -m benchmarks.inference_scaling --configs tiny  # quick
 """
 
 import argparse
 import logging
-import sys
 import time
 from functools import partial
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     build_calibrated_model,
     load_cfg,
     machine_info,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Episodes/s of the episodic loader alone (0, 1, 2 workers) vs. the model's training rate.
 
-  python benchmarks/loader_throughput.py [--iters 100] [--model-iters 6] [--no-model]
+  python -m benchmarks.loader_throughput [--iters 100] [--model-iters 6] [--no-model]
 
 Data: the toy dataset (``fsod_toy_train_base``, generated under $DETECTRON2_DATASETS if absent).
 Settings: the tiny CPU config as is, and the same with 320-px supports (the paper's size) at
@@ -19,20 +19,18 @@ import json
 import logging
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests.common: the tiny config
+from fsod_d2.data import build_episodic_train_loader
+from fsod_d2.data.datasets import datasets_root
+from fsod_datagen.shapes import generate_toy_dataset
+from fsod_datagen.synthetic import get_tiny_cfg
 
-from fsod_d2.data import build_episodic_train_loader  # noqa: E402
-from fsod_d2.data.datasets import datasets_root  # noqa: E402
-from fsod_d2.data.toy import generate_toy_dataset  # noqa: E402
-from tests.common import get_tiny_cfg  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("fsod_d2.benchmarks.loader")
 

@@ -1,7 +1,7 @@
 """PNG plots of the benchmark JSONs; rerun on results fetched from another machine.
 
-    python benchmarks/plots.py [RESULTS_DIR]   # default benchmarks/results (or $FSOD_BENCH_OUT)
-    python benchmarks/plots.py --table [DIR]   # Markdown table of train_throughput.json
+    python -m benchmarks.plots [RESULTS_DIR]   # default benchmarks/results (or $FSOD_BENCH_OUT)
+    python -m benchmarks.plots --table [DIR]   # Markdown table of train_throughput.json
 
 Writes train_throughput.png from train_throughput.json (throughput and memory vs N-way, K-shot
 and support size) and inference_scaling.png from inference_scaling.json, where present.
@@ -12,8 +12,6 @@ import os
 import sys
 from pathlib import Path
 from typing import Dict
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 _DIMS = (("n_way", "N-way"), ("k_shot", "K-shot"), ("support_size", "support size (px)"))
 

@@ -7,31 +7,28 @@ selection, ROI pair sampling, pooler, res5, relation branches, losses); backward
 are whole phases. Prints the part table and the top operators by self CPU time, and writes
 ``profile_train_step_<config>.json`` (and a Chrome trace with --trace).
 
-    python benchmarks/profile_train_step.py --config tiny
-    python benchmarks/profile_train_step.py --config R50-C4 --steps 1   # ~3 min on 2 cores
+    python -m benchmarks.profile_train_step --config tiny
+    python -m benchmarks.profile_train_step --config R50-C4 --steps 1   # ~3 min on 2 cores
 """
 
 import argparse
 import functools
 import logging
 import os
-import sys
 import time
-from pathlib import Path
 from typing import Dict, List
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     TrainStep,
     load_cfg,
     machine_info,
     save_json,
     train_episode,
 )
-from benchmarks.train_throughput import Case, _case_cfg, build_models  # noqa: E402
+from benchmarks.train_throughput import Case, _case_cfg, build_models
 
 logger = logging.getLogger("fsod_d2.benchmarks.profile_train_step")
 
@@ -49,7 +46,8 @@ PARTS = [
     ("roi_heads", "_label_and_sample_pairs", "roi: label + sample pairs"),
     ("roi_heads.pooler", "forward", "roi: pooler (ROIAlign)"),
     ("roi_heads.res5", "forward", "roi: res5"),
-    ("roi_heads.relation", "embed", "roi: relation embed"),
+    ("roi_heads.relation", "embed_queries", "roi: relation embed (ROIs)"),
+    ("roi_heads.relation", "embed_supports", "roi: relation embed (classes)"),
     ("roi_heads.relation", "forward", "roi: relation pairs"),
 ]
 

@@ -29,9 +29,9 @@ Memory: on CUDA ``torch.cuda.max_memory_allocated`` per step; on CPU the RSS pea
 the timed steps, plus each process's lifetime peak (ru_maxrss). On CPU every case runs in fresh
 processes so that lifetime peaks do not leak between cases.
 
-    python benchmarks/train_throughput.py                    # CPU default, ~20 min on 2 cores
-    python benchmarks/train_throughput.py --configs tiny     # tiny config + sweeps, ~5 min
-    python benchmarks/train_throughput.py --quick            # smoke test, ~30 s
+    python -m benchmarks.train_throughput                    # CPU default, ~20 min on 2 cores
+    python -m benchmarks.train_throughput --configs tiny     # tiny config + sweeps, ~5 min
+    python -m benchmarks.train_throughput --quick            # smoke test, ~30 s
 
 Results (printed table + JSON, rewritten after every case) go to benchmarks/results/ or
 --out-dir / $FSOD_BENCH_OUT; plots to train_throughput.png beside the JSON.
@@ -43,7 +43,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 import traceback
 import warnings
@@ -54,8 +53,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     RESULTS,
     PeakRSS,
     TrainStep,

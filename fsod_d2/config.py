@@ -45,7 +45,26 @@ def add_fsod_config(cfg: CN) -> CN:
     _add_model_config(cfg)
     _add_episode_config(cfg)
     _add_engine_config(cfg)
+    _register_removed_keys(cfg)
     return cfg
+
+
+def _register_removed_keys(cfg: CN) -> None:
+    """Keys of earlier versions: merging one raises an error that says what to write instead."""
+    for name in ("GLOBAL", "LOCAL", "PATCH"):
+        cfg.register_renamed_key(
+            f"MODEL.FSOD.{name}_RELATION",
+            "MODEL.FSOD.RELATIONS",
+            f"list the relation branches to use, e.g. MODEL.FSOD.RELATIONS: {_ALL_BUT[name]} "
+            f"for {name}_RELATION False (default: all three)",
+        )
+
+
+_ALL_BUT = {
+    "GLOBAL": "['LocalRelation', 'PatchRelation']",
+    "LOCAL": "['GlobalRelation', 'PatchRelation']",
+    "PATCH": "['GlobalRelation', 'LocalRelation']",
+}
 
 
 def _add_model_config(cfg: CN) -> None:
@@ -54,10 +73,11 @@ def _add_model_config(cfg: CN) -> None:
     # conv, once per class (paper). "late": the RPN conv runs once on the query, the kernel
     # multiplies its hidden map right before the objectness layer (cost nearly flat in #classes).
     m.RPN_CONDITIONING = "early"
-    # Relation branches of the multi-relation head; their match logits are summed.
-    m.GLOBAL_RELATION = True  # pooled query/support vectors -> MLP
-    m.LOCAL_RELATION = True  # depth-wise correlation of 1x1-reduced maps
-    m.PATCH_RELATION = True  # concatenated ROI maps -> small conv stack
+    # Relation branches of the multi-relation head (class names registered in
+    # fsod_d2.modeling.relations.RELATION_REGISTRY); their match logits are summed.
+    # GlobalRelation: pooled query/support vectors -> MLP; LocalRelation: depth-wise correlation
+    # of 1x1-reduced maps; PatchRelation: concatenated ROI maps -> small conv stack.
+    m.RELATIONS = ["GlobalRelation", "LocalRelation", "PatchRelation"]
     m.RELATION_DIM = 256  # hidden width of each relation branch
     # Training pairs (ROI, class) per query image, sampled as
     # positive matches : background ROIs of present classes : ROIs paired with absent classes.
@@ -82,8 +102,9 @@ def _add_model_config(cfg: CN) -> None:
     # every ROI is paired with every class, so res5 runs once per box. False: each class keeps
     # its own proposals and ROIs (paper / FewX).
     m.SHARED_PROPOSALS = True
-    # Test time: run the patch relation only on the top-k classes of each ROI ranked by the cheap
-    # global+local score; 0 = score every (ROI, class) pair with every branch.
+    # Test time: run the expensive relation branches (PatchRelation) only on the top-k classes of
+    # each ROI ranked by the cheap branches' score (global + local); 0 = score every (ROI, class)
+    # pair with every branch.
     m.PATCH_TOPK = 0
     # Test time: how match logits become detection scores. "softmax": the prototype set's
     # classes compete for each ROI, an (N+1)-way softmax with a zero background logit (equal to
@@ -92,16 +113,19 @@ def _add_model_config(cfg: CN) -> None:
     # novel AP up, base AP a little down (demo: nAP50 11.9 -> 16.3, bAP 32.8 -> 30.1; 50-class
     # benchmark: 5-shot nAP50 +4.5, README). Only with SHARED_PROPOSALS (else an ROI has one class).
     m.TEST_SCORE = "softmax"
-    # Benchmark reference: run each class's branch separately in a Python loop (FewX-style).
-    # Same weights, same outputs as SHARED_PROPOSALS=False; only slower.
-    m.PER_CLASS_REFERENCE = False
     # Run conv + FrozenBatchNorm pairs (ResNet) as one convolution with the norm folded into the
     # weights: same parameters, checkpoints and outputs; saves the norm's elementwise passes.
     m.FOLD_FROZEN_BN = True
 
-    # Tiny backbone for CPU tests/demo (registered as "build_fsod_tiny_backbone"). Its output
-    # name is MODEL.RESNETS.OUT_FEATURES[0]; its channels RES2_OUT_CHANNELS * 4 so that
-    # detectron2's res5 head (built from MODEL.RESNETS) fits on top, as for ResNet C4.
+    # ---- Testing and benchmark knobs (not for production configs) ----
+    # Benchmark/test reference: run each class's branch separately in a Python loop
+    # (FewX-style). Same weights, same outputs as SHARED_PROPOSALS=False; only slower. Used by
+    # benchmarks/ (per-class baseline) and the tests that check the batched model against it.
+    m.PER_CLASS_REFERENCE = False
+    # Tiny backbone of the CPU tests and the demo (registered as "build_fsod_tiny_backbone";
+    # unused by ResNet configs). Its output name is MODEL.RESNETS.OUT_FEATURES[0]; its channels
+    # RES2_OUT_CHANNELS * 4 so that detectron2's res5 head (built from MODEL.RESNETS) fits on
+    # top, as for ResNet C4.
     m.TINY_BACKBONE = CN()
     m.TINY_BACKBONE.STEM_CHANNELS = 32
 
@@ -131,7 +155,13 @@ def _add_episode_config(cfg: CN) -> None:
     # the query (1-shot fine-tuning sets: each class is in one image, so without this no episode
     # has a positive class). Off for base training, on in the *_finetune configs.
     f.SUPPORT.QUERY_FALLBACK = False
-    f.SUPPORT.CACHE_DIR = ""  # support-crop cache; "" -> OUTPUT_DIR/support_cache
+    # Support sampling policy (episode classes, query-image exclusion, K-shot draws for training
+    # and evaluation): a class name in fsod_d2.data.sampling.SUPPORT_SAMPLER_REGISTRY.
+    f.SUPPORT.SAMPLER = "SupportSampler"
+    # Root of the support-crop caches, shared by every run on the same data: a pool lives in
+    # <root>/<datasets>-<hash of crop settings and annotations>, built once (atomically, by one
+    # process). "" -> $FSOD_SUPPORT_CACHE if set, else $DETECTRON2_DATASETS/.fsod_support_cache.
+    f.SUPPORT.CACHE_DIR = ""
     # Encoding of cached crops: "jpg" (quality 95; ~5x smaller, for COCO-sized pools) or "png"
     # (lossless: cached crops equal crop_support() exactly).
     f.SUPPORT.CACHE_FORMAT = "jpg"

@@ -19,6 +19,7 @@ def _worker(json_path, image_root, out_dir):
         "t_ddp", json_path, image_root, ["class3", "class7", "class11", "class20"]
     )
     cfg = get_tiny_cfg("DATASETS.TRAIN", "('t_ddp_base',)", "OUTPUT_DIR", out_dir,
+                       "FSOD.SUPPORT.CACHE_DIR", os.path.join(out_dir, "support_cache"),
                        "SOLVER.IMS_PER_BATCH", "4")  # fmt: skip
     loader = build_episodic_train_loader(cfg)  # every rank; the local rank 0 builds the cache
     it = iter(loader)

@@ -105,14 +105,14 @@ def test_positives_present_negatives_absent_supports_elsewhere(data, monkeypatch
     cfg = _cfg(data, "FSOD.MAX_POSITIVE_CLASSES", "1")
     mapper = _mapper(cfg)
     drawn = []
-    orig = mapper.pool.sample_k_shot
+    orig = mapper.sampler.sample_k_shot
 
     def record(class_id, k, rng, exclude_image_id=None):
         idx = orig(class_id, k, rng, exclude_image_id)
         drawn.append((class_id, exclude_image_id, [mapper.pool.image_key(i) for i in idx]))
         return idx
 
-    monkeypatch.setattr(mapper.pool, "sample_k_shot", record)
+    monkeypatch.setattr(mapper.sampler, "sample_k_shot", record)
     for d, e in _episodes(mapper, "t_ep_base", 60):
         present = {a["category_id"] for a in d["annotations"]}
         classes = e["support_classes"].tolist()

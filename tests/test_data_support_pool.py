@@ -10,7 +10,14 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 
-from fsod_d2.data import SupportPool, build_support_set, crop_support, register_fewshot_coco
+from fsod_d2.data import (
+    SUPPORT_SAMPLER_REGISTRY,
+    SupportPool,
+    SupportSampler,
+    build_support_set,
+    crop_support,
+    register_fewshot_coco,
+)
 
 from .common import get_tiny_cfg, make_coco_dataset
 
@@ -80,23 +87,27 @@ def test_pool_filters_caches_and_matches_crop_support(pool_data, caplog):
 
 
 def test_sampling_deterministic_excludes_and_warns(pool_data, caplog):
+    """The default policy's K-shot draw (the pool only stores crops)."""
     root, _ = pool_data
-    pool = SupportPool.from_config(_cfg(root), "t_pool")
+    cfg = _cfg(root)
+    store = SupportPool.from_config(cfg, "t_pool")
+    pool = SupportSampler.from_config(cfg, store)  # named pool: the draws below read as before
     a = pool.sample_k_shot(0, 3, np.random.default_rng(5), exclude_image_id=100)
     b = pool.sample_k_shot(0, 3, np.random.default_rng(5), exclude_image_id=100)
     np.testing.assert_array_equal(a, b)
     assert len(set(a.tolist())) == 3
-    for img_id in {pool.image_key(i) for i in pool.available(0)}:
+    for img_id in {store.image_key(i) for i in store.available(0)}:
         got = pool.sample_k_shot(0, 2, np.random.default_rng(0), exclude_image_id=int(img_id))
-        assert all(pool.image_key(i) != img_id for i in got)
-    n = pool.num_instances(1)
+        assert all(store.image_key(i) != img_id for i in got)
+    n = store.num_instances(1)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="fsod_d2"):
         for s in range(3):
             got = pool.sample_k_shot(1, n + 5, np.random.default_rng(s))
             assert len(got) == n + 5
     assert caplog.text.count("sampling with replacement") == 1  # one warning per class
-    strict = SupportPool.from_config(_cfg(root, "FSOD.STRICT_SHOTS", "True"), "t_pool")
+    strict_cfg = _cfg(root, "FSOD.STRICT_SHOTS", "True")
+    strict = SupportSampler.from_config(strict_cfg, SupportPool.from_config(strict_cfg, "t_pool"))
     with pytest.raises(ValueError, match="STRICT_SHOTS"):
         strict.sample_k_shot(1, n + 5, np.random.default_rng(0))
     with pytest.raises(ValueError, match="STRICT_SHOTS"):
@@ -131,7 +142,70 @@ def test_unreadable_images_skipped_when_building(tmp_path, caplog):
     cv2.imwrite(os.path.join(image_root, "0003.png"), np.zeros((10, 10, 3), np.uint8))  # size
     register_fewshot_coco("t_pool_bad", json_path, image_root, ["class3"])
     with caplog.at_level(logging.WARNING, logger="fsod_d2"):
-        pool = SupportPool.from_config(get_tiny_cfg("OUTPUT_DIR", str(tmp_path)), "t_pool_bad")
+        pool = SupportPool.from_config(
+            get_tiny_cfg("FSOD.SUPPORT.CACHE_DIR", str(tmp_path / "cache")), "t_pool_bad"
+        )
     assert len(pool.bad_images) == 3 and "3 unreadable/missing images skipped" in caplog.text
     assert {pool.image_key(i) for i in range(len(pool))} == {"100", "104", "105"}
-    assert os.path.isdir(tmp_path / "support_cache")
+    assert os.path.dirname(pool.cache_dir) == str(tmp_path / "cache")
+
+
+def test_default_cache_is_one_root_under_the_datasets_keyed_by_crop_settings(tmp_path, monkeypatch):
+    """CACHE_DIR "" -> $DETECTRON2_DATASETS/.fsod_support_cache, shared by output dirs; other
+    crop settings make another pool folder, the same settings reuse it."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
+    monkeypatch.delenv("FSOD_SUPPORT_CACHE")  # set by conftest.py for the other tests
+    json_path, image_root, _ = make_coco_dataset(tmp_path, num_images=4)
+    register_fewshot_coco("t_pool_root", json_path, image_root, ["class3"])
+    a = SupportPool.from_config(get_tiny_cfg("OUTPUT_DIR", str(tmp_path / "run1")), "t_pool_root")
+    b = SupportPool.from_config(get_tiny_cfg("OUTPUT_DIR", str(tmp_path / "run2")), "t_pool_root")
+    c = SupportPool.from_config(get_tiny_cfg("FSOD.SUPPORT.SIZE", 32), "t_pool_root")
+    root = tmp_path / "datasets" / ".fsod_support_cache"
+    assert a.cache_dir == b.cache_dir and os.path.dirname(a.cache_dir) == str(root)
+    assert c.cache_dir != a.cache_dir and os.path.dirname(c.cache_dir) == str(root)
+    assert os.path.basename(a.cache_dir).startswith("t_pool_root-")
+    assert sorted(os.listdir(root)) == sorted({os.path.basename(p.cache_dir) for p in (a, c)})
+    monkeypatch.setenv("FSOD_SUPPORT_CACHE", str(tmp_path / "hub"))
+    d = SupportPool.from_config(get_tiny_cfg(), "t_pool_root")
+    assert os.path.dirname(d.cache_dir) == str(tmp_path / "hub")
+
+
+def test_unwritable_cache_root_names_the_key(tmp_path):
+    json_path, image_root, _ = make_coco_dataset(tmp_path, num_images=2)
+    register_fewshot_coco("t_pool_ro", json_path, image_root, ["class3"])
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match="FSOD.SUPPORT.CACHE_DIR"):
+        SupportPool.from_config(
+            get_tiny_cfg("FSOD.SUPPORT.CACHE_DIR", str(blocker / "cache")), "t_pool_ro"
+        )
+
+
+def test_a_sampling_rule_is_one_registered_class(pool_data):
+    """A new rule (here: evaluation shots from the largest boxes) = a SupportSampler subclass +
+    its registration, chosen with FSOD.SUPPORT.SAMPLER; build_support_set and the mapper use it."""
+
+    class LargestBoxSampler(SupportSampler):
+        def sample_k_shot(self, class_id, k, rng, exclude_image_id=None):
+            avail = self.pool.available(class_id, exclude_image_id)
+            b = self.pool.src_boxes[avail]
+            area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+            return avail[np.argsort(-area, kind="stable")[:k]]
+
+    root, _ = pool_data
+    SUPPORT_SAMPLER_REGISTRY.register(LargestBoxSampler)
+    try:
+        cfg = _cfg(root, "FSOD.SUPPORT.SAMPLER", "LargestBoxSampler")
+        _, boxes, class_ids, _ = build_support_set(cfg, "t_pool_novel", 1, seed=0)
+        pool = SupportPool.from_config(cfg, "t_pool_novel")
+        picked = [pool.available(c)[np.argmax(_areas(pool, c))] for c in class_ids.tolist()]
+        np.testing.assert_allclose(boxes.numpy(), pool.boxes[picked])
+        with pytest.raises(KeyError, match="Nope"):
+            build_support_set(_cfg(root, "FSOD.SUPPORT.SAMPLER", "Nope"), "t_pool_novel", 1, 0)
+    finally:
+        SUPPORT_SAMPLER_REGISTRY._obj_map.pop("LargestBoxSampler")
+
+
+def _areas(pool, c):
+    b = pool.src_boxes[pool.available(c)]
+    return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])

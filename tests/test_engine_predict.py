@@ -12,7 +12,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from pycocotools.coco import COCO
 
-from fsod_d2.data.toy import generate_toy_dataset
+from fsod_datagen.shapes import generate_toy_dataset
 
 from .common import REPO_ROOT, TINY_CONFIG, get_tiny_cfg
 

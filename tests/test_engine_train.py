@@ -13,7 +13,7 @@ import uuid
 import pytest
 import torch
 
-from fsod_d2.data.toy import generate_toy_dataset
+from fsod_datagen.shapes import generate_toy_dataset
 
 from .common import REPO_ROOT
 

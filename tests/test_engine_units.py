@@ -17,10 +17,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from fsod_d2.data import register_fewshot_coco
-from fsod_d2.data.toy import generate_toy_dataset
 from fsod_d2.engine import FsodTrainer, GPUStatsHook, ThroughputHook, gpu_stats, oom_message
 from fsod_d2.engine.hooks import is_out_of_memory
 from fsod_d2.evaluation import summarize_categories
+from fsod_datagen.shapes import generate_toy_dataset
 
 from .common import REPO_ROOT, get_tiny_cfg
 

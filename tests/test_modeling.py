@@ -18,7 +18,7 @@ MODES = {
     "per-class-rois": ("MODEL.FSOD.SHARED_PROPOSALS", False),
     "late-rpn": ("MODEL.FSOD.RPN_CONDITIONING", "late"),
     "per-class-loop": ("MODEL.FSOD.PER_CLASS_REFERENCE", True),
-    "patch-only": ("MODEL.FSOD.GLOBAL_RELATION", False, "MODEL.FSOD.LOCAL_RELATION", False),
+    "patch-only": ("MODEL.FSOD.RELATIONS", ["PatchRelation"]),
 }
 
 
@@ -324,19 +324,6 @@ def test_mixed_n_way_batch_is_rejected():
         model(batch)
 
 
-def test_dense_and_pairwise_relation_scores_agree():
-    """Training scores sampled pairs, inference scores dense ROI x class grids: same numbers."""
-    rel = _model().roi_heads.relation.eval()
-    torch.manual_seed(0)
-    rois, protos = torch.randn(6, 128, 4, 4), torch.randn(3, 128, 4, 4)
-    q, s = rel.embed(rois), rel.embed(protos)
-    ri = torch.arange(6).repeat_interleave(3)
-    ci = torch.arange(3).repeat(6)
-    dense = rel.cheap_logits_dense(q, s)
-    pairwise = rel.cheap_logits(q, s, ri, ci).view(6, 3)
-    assert torch.allclose(dense, pairwise, atol=1e-5)
-
-
 def test_folded_frozen_bn_computes_what_the_unfolded_model_does():
     """MODEL.FSOD.FOLD_FROZEN_BN changes how conv + FrozenBN run, not the weights or the
     result: same state_dict keys, same features and gradients (backbone and res5 head)."""
@@ -421,14 +408,14 @@ def test_base_classifier_loss_trains():
 
     def check(model, losses):
         assert set(losses) >= {"loss_match", "loss_base_cls"}
-        assert model.base_classifier.weight.grad.abs().sum() > 0
+        assert model.roi_heads.base_classifier.weight.grad.abs().sum() > 0
         missing = [n for n, p in model.named_parameters() if p.grad is None]
         assert not missing, f"parameters without gradient: {missing}"
 
     model = _model(
         "MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", 1.0, "MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES", 4
     )
-    assert model.base_classifier.out_features == 4
+    assert model.roi_heads.base_classifier.out_features == 4
     _train_on_one_batch(model, 40, "loss_base_cls", check)
 
 
@@ -469,3 +456,30 @@ def test_base_classifier_without_class_count_names_the_keys():
     ).train()
     with EventStorage(0), pytest.raises(ValueError, match="class id 3 .* 2 classes"):
         model(_batch(get_tiny_cfg()))  # the batch has classes 0-3
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("MODEL.PROPOSAL_GENERATOR.NAME", "RPN"),
+        ("MODEL.RPN.HEAD_NAME", "StandardRPNHead"),
+        ("MODEL.ROI_HEADS.NAME", "Res5ROIHeads"),
+    ],
+)
+def test_wrong_component_names_the_config_key(key, value):
+    with pytest.raises(TypeError, match=f"{key} builds a .*: set {key}"):
+        _model(key, value)
+
+
+def test_public_support_pieces_make_encode_supports():
+    """encode_supports = ROI head's pooling -> RPN's kernels and ROI head's prototypes."""
+    model = _model().eval()
+    images, boxes = synthetic_supports(np.random.default_rng(0), (0, 1), 2, 64)
+    with torch.no_grad():
+        kernels, rois = model.encode_supports(images, boxes)
+        features = model.backbone(model._normalize(images))[model.feature_name]
+        pooled = model.roi_heads.pool_supports(features, boxes)
+        assert torch.equal(kernels, model.proposal_generator.support_kernels(pooled))
+        assert torch.equal(rois, model.roi_heads.support_prototypes(pooled))
+    assert kernels.shape == (4, features.shape[1])
+    assert rois.shape[:2] == (4, model.roi_heads.res5[-1].out_channels)

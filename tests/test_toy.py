@@ -6,7 +6,7 @@ import os
 import pytest
 from pycocotools.coco import COCO
 
-from fsod_d2.data.toy import TOY_CATEGORIES, generate_toy_dataset, toy_category_id, toy_split
+from fsod_datagen.shapes import TOY_CATEGORIES, generate_toy_dataset, toy_category_id, toy_split
 
 SMALL = {"num_train": 12, "num_val": 4, "image_size": (96, 128)}
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generate the deterministic toy few-shot detection dataset (see ``fsod_d2.data.toy``).
+"""Generate the deterministic toy few-shot detection dataset (see ``fsod_datagen.shapes``).
 
 python tools/make_toy_dataset.py                      # 20 base + 5 novel, easy
 python tools/make_toy_dataset.py --hard --num-base 40 --num-novel 10
@@ -9,8 +9,8 @@ import argparse
 import logging
 import os
 
-from fsod_d2.data.toy import generate_toy_dataset
 from fsod_d2.utils import datasets_root
+from fsod_datagen.shapes import generate_toy_dataset
 
 logger = logging.getLogger("fsod_d2.make_toy_dataset")
 

@@ -10,16 +10,19 @@ from .build import (
 )
 from .datasets import register_fewshot_coco, register_fewshot_voc, register_from_config
 from .episodic_mapper import EpisodicDatasetMapper
+from .sampling import SUPPORT_SAMPLER_REGISTRY, SupportSampler, build_support_set
 from .support_folder import SupportFolderError, load_support_folder
-from .support_pool import SupportPool, build_support_set, crop_support
+from .support_pool import SupportPool, crop_support
 
 __all__ = [
     "EpisodeDataset",
     "EpisodeSampler",
     "EpisodicDatasetMapper",
     "EpisodicTrainLoader",
+    "SUPPORT_SAMPLER_REGISTRY",
     "SupportFolderError",
     "SupportPool",
+    "SupportSampler",
     "build_episodic_train_loader",
     "build_support_set",
     "crop_support",

@@ -6,7 +6,7 @@ import contextlib
 import copy
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from .sampling import SupportSampler, build_support_sampler
 from .support_pool import IMAGE_READ_ERRORS, SupportPool, convert_bgr
 
 logger = logging.getLogger(__name__)
@@ -56,13 +57,11 @@ class EpisodicDatasetMapper:
         support_boxes    float32 (N*K, 4) XYXY in support-crop pixels
         support_classes  long (N,) contiguous ids of the episode classes, in support order
 
-    Episode classes: up to ``max_positive_classes`` classes present in the query (that have
-    supports outside it), the rest of the N classes absent from the query (negatives; a class
-    with any annotation in the query, crowd included, is never a negative); if too few classes
-    are absent, more present classes fill the episode. The order is shuffled. Supports never
-    come from the query image, except with ``query_fallback`` for a class whose only crops are
-    in the query (counted as ``query_supports``). Everything (classes, shots, augmentation) is
-    a function of ``episode_seed``.
+    Which classes and crops an episode gets is the sampling policy's decision
+    (:class:`~.sampling.SupportSampler`, ``FSOD.SUPPORT.SAMPLER``): by default positives present
+    in the query and negatives absent from it, supports from other images. Supports taken from
+    the query image (``FSOD.SUPPORT.QUERY_FALLBACK``) are counted as ``query_supports``.
+    Everything (classes, shots, augmentation) is a function of ``episode_seed``.
 
     A missing/unreadable image, or a query for which no N-way episode exists, returns ``None``
     (counted; the episode stream then draws another query deterministically).
@@ -75,90 +74,45 @@ class EpisodicDatasetMapper:
         is_train: bool,
         augmentations: list[T.Augmentation | T.Transform],
         image_format: str,
-        support_pool: SupportPool,
-        n_way: int,
-        k_shot: int,
-        max_positive_classes: int,
-        episode_classes: Sequence[int] | None = None,
-        query_fallback: bool = False,
+        sampler: SupportSampler,
     ):
         """
         Args:
             is_train: training mode (only affects the log line; augmentations are given).
             augmentations: detectron2 augmentations applied to the query.
             image_format: INPUT.FORMAT ("BGR" or "RGB") of query and supports.
-            support_pool: where the support crops come from.
-            n_way, k_shot: classes per episode and supports per class.
-            max_positive_classes: at most this many episode classes are present in the query.
-            episode_classes: contiguous ids that may appear in episodes (default: every class
-                with a support crop in the pool).
-            query_fallback: a class present in the query whose crops all come from the query
-                image takes its supports from there (a 1-shot set has each class in one image;
-                without this, fine-tuning on it never sees a positive pair).
+            sampler: the support sampling policy; ``sampler.pool`` holds the crops.
         """
-        if n_way < 1 or k_shot < 1 or max_positive_classes < 0:
-            raise ValueError(
-                f"need FSOD.N_WAY >= 1, FSOD.K_SHOT >= 1, FSOD.MAX_POSITIVE_CLASSES >= 0; "
-                f"got {n_way}, {k_shot}, {max_positive_classes}"
-            )
         convert_bgr(np.zeros((1, 1, 3), np.uint8), image_format)  # validates the format
-        pool_classes = set(support_pool.class_ids)
-        if episode_classes is None:
-            classes = sorted(pool_classes)
-        else:
-            classes = sorted(int(c) for c in episode_classes)
-            without = [c for c in classes if c not in pool_classes]
-            if without:
-                raise ValueError(f"episode classes {without} have no support crop in the pool")
-        if n_way > len(classes):
-            raise ValueError(
-                f"FSOD.N_WAY={n_way} is larger than the {len(classes)} classes with support "
-                f"crops in {list(support_pool.dataset_names)}; lower N_WAY (or MIN_BOX_SIZE)."
-            )
+        sampler.check_episodes()
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
-        self.pool = support_pool
-        self.n_way, self.k_shot = int(n_way), int(k_shot)
-        self.max_positive_classes = int(max_positive_classes)
-        self.query_fallback = bool(query_fallback)
-        self.episode_classes = np.asarray(classes, dtype=np.int64)
-        self._episode_set = set(classes)
-        support_pool.check_shots(self.k_shot, classes)
+        self.sampler = sampler
+        self.pool = sampler.pool
         self.stats = torch.zeros(len(BAD_DATA_KEYS), dtype=torch.int64).share_memory_()
         self.bad_files: set[str] = set()  # per process: images known to be unreadable
         logger.info(
-            "[EpisodicDatasetMapper] %s: %d-way %d-shot (<= %d positive) over %d classes; "
-            "augmentations %s",
+            "[EpisodicDatasetMapper] %s: %s %d-way %d-shot over %d classes; augmentations %s",
             "train" if is_train else "test",
-            self.n_way,
-            self.k_shot,
-            self.max_positive_classes,
-            len(classes),
+            type(sampler).__name__,
+            sampler.n_way,
+            sampler.k_shot,
+            len(sampler.classes),
             augmentations,
         )
 
     @classmethod
     def from_config(
-        cls,
-        cfg: CfgNode,
-        is_train: bool = True,
-        *,
-        support_pool: SupportPool | None = None,
-        dataset_names: str | Sequence[str] | None = None,
+        cls, cfg: CfgNode, is_train: bool = True, *, support_pool: SupportPool
     ) -> dict[str, Any]:
-        if support_pool is None:
-            names = dataset_names or (cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
-            support_pool = SupportPool.from_config(cfg, names)
+        """``support_pool``: the crops of the training datasets (see
+        :func:`~.build.build_episodic_train_loader`)."""
         return {
             "is_train": is_train,
             "augmentations": utils.build_augmentation(cfg, is_train),
             "image_format": cfg.INPUT.FORMAT,
-            "support_pool": support_pool,
-            "n_way": cfg.FSOD.N_WAY,
-            "k_shot": cfg.FSOD.K_SHOT,
-            "max_positive_classes": cfg.FSOD.MAX_POSITIVE_CLASSES,
-            "query_fallback": cfg.FSOD.SUPPORT.QUERY_FALLBACK,
+            "sampler": build_support_sampler(cfg, support_pool),
         }
 
     # ---------------------------------------------------------------------------- helpers
@@ -183,35 +137,6 @@ class EpisodicDatasetMapper:
                 n,
             )
 
-    def _excluded_image(self, class_id: int, image_id: Any) -> Any:
-        """The image whose crops ``class_id``'s supports avoid: the query, or None (any image)
-        with ``query_fallback`` when the class has no crop elsewhere."""
-        if self.query_fallback and len(self.pool.available(class_id, image_id)) == 0:
-            return None
-        return image_id
-
-    def choose_classes(
-        self, annotations: Sequence[dict], image_id: Any, rng: np.random.Generator
-    ) -> tuple[np.ndarray, int] | None:
-        """The episode's N classes (shuffled) and how many are positives; None if impossible."""
-        present_any = {int(a["category_id"]) for a in annotations}
-        present = {int(a["category_id"]) for a in annotations if not a.get("iscrowd", 0)}
-        pos_cands = [
-            c
-            for c in sorted(present & self._episode_set)
-            if len(self.pool.available(c, self._excluded_image(c, image_id))) > 0
-        ]
-        neg_mask = ~np.isin(self.episode_classes, list(present_any))
-        neg_cands = self.episode_classes[neg_mask]
-        n_pos = min(self.max_positive_classes, len(pos_cands), self.n_way)
-        if self.n_way - n_pos > len(neg_cands):  # too few absent classes: more positives
-            n_pos = self.n_way - len(neg_cands)
-            if n_pos > len(pos_cands):
-                return None
-        pos = rng.choice(np.asarray(pos_cands, dtype=np.int64), size=n_pos, replace=False)
-        neg = rng.choice(neg_cands, size=self.n_way - n_pos, replace=False)
-        return rng.permutation(np.concatenate([pos, neg]).astype(np.int64)), n_pos
-
     # ---------------------------------------------------------------------------- call
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any] | None:
         """Build the episode of ``dataset_dict`` (needs ``"episode_seed"``); None to skip it."""
@@ -228,28 +153,26 @@ class EpisodicDatasetMapper:
             return None
 
         annotations = d.pop("annotations", [])
-        chosen = self.choose_classes(annotations, d["image_id"], rng)
-        if chosen is None:
+        classes = self.sampler.choose_classes(annotations, d["image_id"], rng)
+        if classes is None:
             n = self._count("unformable_episodes")
             if n <= _LOG_FIRST_BAD or n % _LOG_EVERY_BAD == 0:
                 logger.warning(
                     "No %d-way episode possible for %s (too many classes present); %d so far",
-                    self.n_way,
+                    self.sampler.n_way,
                     file_name,
                     n,
                 )
             return None
-        classes, _ = chosen
-        crops, boxes = [], []
+        indices = []
         for c in classes:
-            exclude = self._excluded_image(int(c), d["image_id"])
+            exclude = self.sampler.excluded_image(int(c), d["image_id"])
             if exclude is None:
                 self._count("query_supports")
-            idx = self.pool.sample_k_shot(int(c), self.k_shot, rng, exclude_image_id=exclude)
-            imgs, bxs = self.pool.load_many(idx)
-            crops.append(imgs)
-            boxes.append(bxs)
-        supports = convert_bgr(np.concatenate(crops), self.image_format)
+            k = self.sampler.k_shot
+            indices.append(self.sampler.sample_k_shot(int(c), k, rng, exclude_image_id=exclude))
+        crops, boxes = self.pool.load_many(np.concatenate(indices))
+        supports = convert_bgr(crops, self.image_format)
 
         aug_input = T.AugInput(image)
         with _seeded_global_rngs(int(rng.integers(2**31))):
@@ -276,6 +199,6 @@ class EpisodicDatasetMapper:
             "support_images": torch.from_numpy(
                 np.ascontiguousarray(supports.transpose(0, 3, 1, 2))
             ),
-            "support_boxes": torch.from_numpy(np.concatenate(boxes).astype(np.float32)),
+            "support_boxes": torch.from_numpy(boxes.astype(np.float32)),
             "support_classes": torch.as_tensor(classes, dtype=torch.long),
         }

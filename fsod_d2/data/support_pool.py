@@ -1,11 +1,13 @@
-"""Support crops: the cropping function, the cached per-dataset pool, the evaluation support set.
+"""Support crops: the cropping function and the cached per-dataset pool (storage only).
 
 A support crop is the object box plus ``context`` pixels on each side (clipped to the image),
 resized so that its longer side is ``size`` (aspect ratio kept) and zero-padded at the
 bottom/right to ``size x size``; the object box is returned in crop coordinates.
 
 :class:`SupportPool` crops every usable annotation of one or more registered datasets once and
-caches the crops on disk (``FSOD.SUPPORT.CACHE_DIR``, default ``OUTPUT_DIR/support_cache``)::
+caches the crops on disk under one root shared by all runs (``FSOD.SUPPORT.CACHE_DIR``, default
+``$FSOD_SUPPORT_CACHE`` or ``$DETECTRON2_DATASETS/.fsod_support_cache``, see
+:func:`support_cache_root`)::
 
     <cache>/<dataset>-<key>/meta.json    parameters, fingerprint, counts, unreadable images
                            /index.npz    per crop: class, image, boxes, byte offset/length
@@ -31,7 +33,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import SizeMismatchError, check_image_size, read_image
@@ -42,15 +43,17 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from .datasets.coco_fewshot import datasets_root
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_READ_ERRORS",
     "SupportPool",
-    "build_support_set",
     "convert_bgr",
     "crop_support",
     "shot_counts",
+    "support_cache_root",
 ]
 
 # What reading an image raises when the file is the problem: missing or unreadable (OSError),
@@ -212,15 +215,14 @@ class SupportPool:
     """Every usable annotation of one or more registered datasets, as a cached support crop.
 
     Usable: not crowd, box (clipped to the image) with both sides >= ``min_box_size``. Crops are
-    stored in BGR. Sampling is deterministic given a ``np.random.Generator``.
+    stored in BGR. Storage and cache only: which crops an episode or an evaluation uses is the
+    sampling policy's decision (:mod:`fsod_d2.data.sampling`).
 
     Args:
         dataset_names: registered dataset(s); all must share the same ``thing_classes``.
         size, context, min_box_size: cropping parameters (``FSOD.SUPPORT.*``).
         cache_root: directory under which the cache of this pool lives.
         encoding: "jpg" or "png" (``FSOD.SUPPORT.CACHE_FORMAT``).
-        strict_shots: a class with fewer than K available crops is an error instead of being
-            sampled with replacement (and one warning).
         num_workers: processes used to build the cache.
         dataset_dicts: the datasets' dicts if already loaded (avoids loading them twice).
     """
@@ -234,7 +236,6 @@ class SupportPool:
         min_box_size: float,
         cache_root: str,
         encoding: str = "jpg",
-        strict_shots: bool = False,
         num_workers: int = 0,
         dataset_dicts: list[dict] | None = None,
     ):
@@ -246,7 +247,7 @@ class SupportPool:
         if size < 1 or context < 0:
             raise ValueError(f"bad support size/context: {size}/{context}")
         self.size, self.context, self.min_box_size = int(size), int(context), float(min_box_size)
-        self.encoding, self.strict_shots = encoding, bool(strict_shots)
+        self.encoding = encoding
         self.thing_classes = _common_thing_classes(self.dataset_names)
         if dataset_dicts is None:
             dataset_dicts = [d for n in self.dataset_names for d in DatasetCatalog.get(n)]
@@ -273,10 +274,9 @@ class SupportPool:
         if not os.path.isfile(self._path("meta.json")):
             raise RuntimeError(
                 f"Support cache {self.cache_dir} missing after the local rank 0 built it; is "
-                "FSOD.SUPPORT.CACHE_DIR (or OUTPUT_DIR) on a file system all ranks of a node see?"
+                "FSOD.SUPPORT.CACHE_DIR on a file system all ranks of a node see?"
             )
         self._load()
-        self._warned: set[int] = set()
         self._fd: int | None = None
         self._fd_pid: int | None = None
 
@@ -294,9 +294,8 @@ class SupportPool:
             size=s.SIZE,
             context=s.CONTEXT,
             min_box_size=s.MIN_BOX_SIZE,
-            cache_root=s.CACHE_DIR or os.path.join(cfg.OUTPUT_DIR, "support_cache"),
+            cache_root=support_cache_root(cfg),
             encoding=s.CACHE_FORMAT,
-            strict_shots=cfg.FSOD.STRICT_SHOTS,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
             dataset_dicts=dataset_dicts,
         )
@@ -313,7 +312,13 @@ class SupportPool:
             ", ".join(f"{k}={v}" for k, v in params.items() if k != "datasets"),
         )
         tmp = f"{self.cache_dir}.tmp-{uuid.uuid4().hex[:8]}"
-        os.makedirs(tmp)
+        try:
+            os.makedirs(tmp)
+        except OSError as e:
+            raise OSError(
+                f"cannot create the support cache under {os.path.dirname(self.cache_dir)} ({e}); "
+                "set FSOD.SUPPORT.CACHE_DIR to a writable directory"
+            ) from e
         try:
             loader = DataLoader(
                 _CropJob(records, self.size, self.context, self.min_box_size, self.encoding),
@@ -440,71 +445,10 @@ class SupportPool:
             return members
         return members[self.image_index[members] != code]
 
-    def check_shots(
-        self, k: int, class_ids: Sequence[int] | None = None, *, for_queries: bool = True
-    ) -> None:
-        """Warn once per class (error if strict) that may have fewer than ``k`` crops: for some
-        training query (``for_queries``: all crops minus those of the class's richest image),
-        or at all (evaluation support sets, which exclude no image)."""
-        short = []
-        for c in self.class_ids if class_ids is None else class_ids:
-            if for_queries:
-                avail = self._min_available.get(int(c), 0)
-            else:
-                avail = self.num_instances(c)
-            if avail < k:
-                short.append((int(c), self.num_instances(c), avail))
-        if not short:
-            return
-        desc = ", ".join(f"'{self.thing_classes[c]}' ({n} crops, {a})" for c, n, a in short)
-        if self.strict_shots:
-            raise ValueError(
-                f"FSOD.STRICT_SHOTS: fewer than K={k} support crops available for: {desc} "
-                "(crops, crops outside the class's richest image)."
-            )
-        for c, _, _ in short:
-            self._warned.add(c)
-        logger.warning(
-            "Fewer than K=%d support crops for %d classes; they are sampled with replacement: %s",
-            k,
-            len(short),
-            desc,
-        )
-
-    def sample_k_shot(
-        self,
-        class_id: int,
-        k: int,
-        rng: np.random.Generator,
-        exclude_image_id: Any = None,
-    ) -> np.ndarray:
-        """Indices of ``k`` crops of ``class_id`` not from ``exclude_image_id``.
-
-        Without replacement when possible; otherwise with replacement and one warning per
-        class (``ValueError`` if ``strict_shots``). ``ValueError`` if no crop is available.
-        """
-        avail = self.available(class_id, exclude_image_id)
-        if len(avail) >= k:
-            return avail[rng.choice(len(avail), size=k, replace=False)]
-        name = self.thing_classes[int(class_id)] if class_id < len(self.thing_classes) else ""
-        if len(avail) == 0:
-            raise ValueError(
-                f"no support crop of class {class_id} '{name}' outside image {exclude_image_id}"
-            )
-        if self.strict_shots:
-            raise ValueError(
-                f"FSOD.STRICT_SHOTS: class {class_id} '{name}' has {len(avail)} < K={k} crops"
-            )
-        if int(class_id) not in self._warned:
-            self._warned.add(int(class_id))
-            logger.warning(
-                "Class %d '%s' has %d < K=%d support crops; sampling with replacement.",
-                class_id,
-                name,
-                len(avail),
-                k,
-            )
-        return avail[rng.choice(len(avail), size=k, replace=True)]
+    def min_available(self, class_id: int) -> int:
+        """Crops of a class left for the worst-case query: all minus those of its richest
+        image."""
+        return self._min_available.get(int(class_id), 0)
 
     def _read_bytes(self, i: int) -> bytes:
         if self._fd is None or self._fd_pid != os.getpid():
@@ -532,11 +476,16 @@ class SupportPool:
         """``str(image_id)`` of the image crop ``i`` comes from."""
         return self.image_keys[int(self.image_index[i])]
 
-    def get_k_shot(
-        self, class_id: int, k: int, rng: np.random.Generator, exclude_image_id: Any = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``k`` crops of a class (see :meth:`sample_k_shot`): ``(k, S, S, 3)`` BGR, ``(k, 4)``."""
-        return self.load_many(self.sample_k_shot(class_id, k, rng, exclude_image_id))
+
+def support_cache_root(cfg: CfgNode) -> str:
+    """``FSOD.SUPPORT.CACHE_DIR``, else ``$FSOD_SUPPORT_CACHE``, else
+    ``$DETECTRON2_DATASETS/.fsod_support_cache``: one root for every run on the same data (each
+    pool's folder is keyed by its datasets, crop settings and annotations), so a dataset is
+    cropped once, not once per output directory."""
+    if cfg.FSOD.SUPPORT.CACHE_DIR:
+        return cfg.FSOD.SUPPORT.CACHE_DIR
+    default = os.path.join(datasets_root(), ".fsod_support_cache")
+    return os.path.expanduser(os.getenv("FSOD_SUPPORT_CACHE", default))
 
 
 def _common_thing_classes(names: Sequence[str]) -> list[str]:
@@ -549,55 +498,3 @@ def _common_thing_classes(names: Sequence[str]) -> list[str]:
             raise ValueError(f"datasets {list(names)} have different thing_classes")
         classes = list(tc)
     return classes
-
-
-def build_support_set(
-    cfg: CfgNode,
-    dataset_name: str,
-    k: int,
-    seed: int,
-    *,
-    class_ids: Sequence[int] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """The seeded K-shot evaluation support set of a registered dataset.
-
-    Each class draws from its own stream ``(seed, class id)``, so the shots of a class do not
-    depend on which other classes are included. Collective when distributed (builds the pool).
-
-    Args:
-        cfg: provides ``FSOD.SUPPORT`` and ``INPUT.FORMAT``.
-        dataset_name: registered dataset whose annotations provide the supports.
-        k: shots per class.
-        seed: the draw's seed.
-        class_ids: contiguous class ids (default: every class with a support in the dataset).
-
-    Returns:
-        ``(images, boxes, class_ids, class_names)``: uint8 ``(C*K, 3, S, S)`` in
-        ``cfg.INPUT.FORMAT`` channel order, float32 ``(C*K, 4)`` XYXY crop boxes, long ``(C,)``
-        contiguous ids, and their names; class-major (the K shots of class 0 first).
-    """
-    pool = SupportPool.from_config(cfg, dataset_name)
-    classes = pool.class_ids if class_ids is None else [int(c) for c in class_ids]
-    missing = [c for c in classes if pool.num_instances(c) == 0]
-    if missing:
-        raise ValueError(f"classes {missing} have no support crop in dataset '{dataset_name}'")
-    if not classes:
-        raise ValueError(f"dataset '{dataset_name}' has no usable support annotation")
-    pool.check_shots(k, classes, for_queries=False)
-    crops, boxes = [], []
-    for c in classes:
-        imgs, bxs = pool.get_k_shot(c, k, np.random.default_rng([int(seed), c]))
-        crops.append(imgs)
-        boxes.append(bxs)
-    images = convert_bgr(np.concatenate(crops), cfg.INPUT.FORMAT)
-    images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-    names = [pool.thing_classes[c] for c in classes]
-    logger.info(
-        "Support set of '%s': %d classes x %d shots (seed %d)", dataset_name, len(classes), k, seed
-    )
-    return (
-        images,
-        torch.from_numpy(np.concatenate(boxes)),
-        torch.tensor(classes, dtype=torch.long),
-        names,
-    )

@@ -87,6 +87,12 @@ class AttentionRPN(RPN):
     proposal selection does not grow with the number of classes.
     """
 
+    @staticmethod
+    def support_kernels(pooled: Tensor) -> Tensor:
+        """The attention kernel of each support: its ROI-pooled backbone map (S, C, r, r)
+        averaged over positions, (S, C). Class kernels are the mean over a class's shots."""
+        return pooled.mean(dim=(2, 3))
+
     def forward(
         self,
         images: ImageList,

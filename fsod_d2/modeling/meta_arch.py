@@ -1,22 +1,18 @@
 """FsodRCNN: few-shot detector with a shared backbone, attention-RPN and multi-relation head."""
 
-import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import ImageList, Instances
-from torch import Tensor, nn
-from torch.nn import functional as F
+from torch import Tensor
 
+from .attention_rpn import AttentionRPN, AttentionRPNHead
 from .fold_bn import fold_frozen_bn
-from .relation_head import res5_channels
+from .relation_head import MultiRelationROIHeads
 from .support import PrototypeSet, StalePrototypeError, support_fingerprint, weights_fingerprint
-
-logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()
@@ -33,6 +29,9 @@ class FsodRCNN(GeneralizedRCNN):
     prototypes' contiguous dataset class ids.
     """
 
+    # 2: the base-class classifier belongs to the ROI heads (version 1: ``base_classifier.*``)
+    _version = 2
+
     @configurable
     def __init__(
         self,
@@ -40,8 +39,6 @@ class FsodRCNN(GeneralizedRCNN):
         shared_proposals: bool = True,
         per_class_reference: bool = False,
         fold_bn: bool = True,
-        base_classifier: Optional[nn.Linear] = None,
-        base_classifier_weight: float = 0.0,
         **kwargs,
     ):
         """
@@ -52,15 +49,21 @@ class FsodRCNN(GeneralizedRCNN):
                 reference); the same outputs as ``shared_proposals=False``, only slower.
             fold_bn: run each conv + FrozenBatchNorm as one convolution (see
                 :mod:`fsod_d2.modeling.fold_bn`); same weights and outputs, faster.
-            base_classifier: training only: linear layer from pooled ROI features to dataset
-                class ids, applied to every support crop and every ground-truth box of the
-                query (``loss_base_cls``); None = no such loss.
-            base_classifier_weight: weight of ``loss_base_cls``.
-            kwargs: see :class:`GeneralizedRCNN`.
+            kwargs: see :class:`GeneralizedRCNN`; ``proposal_generator`` must be an
+                :class:`AttentionRPN` with an :class:`AttentionRPNHead`, ``roi_heads`` a
+                :class:`MultiRelationROIHeads` (or subclasses).
         """
         super().__init__(**kwargs)
-        self.base_classifier = base_classifier
-        self.base_classifier_weight = base_classifier_weight
+        _check_component(
+            self.proposal_generator, AttentionRPN, "MODEL.PROPOSAL_GENERATOR.NAME", "AttentionRPN"
+        )
+        _check_component(
+            self.proposal_generator.rpn_head, AttentionRPNHead, "MODEL.RPN.HEAD_NAME",
+            "AttentionRPNHead",
+        )  # fmt: skip
+        _check_component(
+            self.roi_heads, MultiRelationROIHeads, "MODEL.ROI_HEADS.NAME", "MultiRelationROIHeads"
+        )
         self.shared_proposals = shared_proposals
         self.per_class_reference = per_class_reference
         if fold_bn:
@@ -82,13 +85,15 @@ class FsodRCNN(GeneralizedRCNN):
         ret["shared_proposals"] = cfg.MODEL.FSOD.SHARED_PROPOSALS
         ret["per_class_reference"] = cfg.MODEL.FSOD.PER_CLASS_REFERENCE
         ret["fold_bn"] = cfg.MODEL.FSOD.FOLD_FROZEN_BN
-        aux = cfg.MODEL.FSOD.BASE_CLASSIFIER
-        num_classes = _base_classifier_classes(cfg) if aux.WEIGHT > 0 else 0
-        if num_classes:
-            channels = res5_channels(ret["roi_heads"].res5)
-            ret["base_classifier"] = nn.Linear(channels, num_classes)
-        ret["base_classifier_weight"] = aux.WEIGHT
         return ret
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        version = local_metadata.get("version")
+        if version is None or version < 2:  # the base classifier moved into the ROI heads
+            old = prefix + "base_classifier."
+            for key in [k for k in state_dict if k.startswith(old)]:
+                state_dict[f"{prefix}roi_heads.{key[len(prefix) :]}"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
     # ------------------------------------------------------------------ supports
     def _normalize(self, images: Tensor) -> Tensor:
@@ -98,7 +103,9 @@ class FsodRCNN(GeneralizedRCNN):
         """Raw support crops (S, 3, H, W) and boxes (S, 4) -> per-shot RPN kernels (S, C) and
         ROI features (S, C5, h, w)."""
         features = self.backbone(self._normalize(images))[self.feature_name]
-        return self.roi_heads.encode_supports(features, boxes.to(self.device, torch.float32))
+        pooled = self.roi_heads.pool_supports(features, boxes.to(self.device, torch.float32))
+        kernels = self.proposal_generator.support_kernels(pooled)
+        return kernels, self.roi_heads.support_prototypes(pooled)
 
     @torch.no_grad()
     def compute_prototypes(
@@ -176,16 +183,14 @@ class FsodRCNN(GeneralizedRCNN):
         kernels, shot_rois = self._episode_prototypes(batched_inputs)
         prototypes = shot_rois.mean(2)
         losses = {}
-        if self.base_classifier_weight > 0:
-            if self.base_classifier is None:
+        if self.roi_heads.base_classifier_weight > 0:
+            if self.roi_heads.base_classifier is None:
                 raise ValueError(
                     "MODEL.FSOD.BASE_CLASSIFIER.WEIGHT > 0 needs the number of dataset classes: "
                     "set MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES, or register DATASETS.TRAIN[0] "
                     "with thing_classes before building the model"
                 )
-            losses["loss_base_cls"] = self.base_classifier_weight * self._base_class_loss(
-                features, shot_rois, batched_inputs
-            )
+            losses["loss_base_cls"] = self._base_class_loss(features, shot_rois, batched_inputs)
         targets = [
             _episode_targets(x["instances"].to(self.device), x["support_classes"].to(self.device))
             for x in batched_inputs
@@ -228,10 +233,10 @@ class FsodRCNN(GeneralizedRCNN):
     def _base_class_loss(
         self, features: Dict[str, Tensor], shot_rois: Tensor, batched_inputs: List[Dict]
     ) -> Tensor:
-        """Cross-entropy of the base classifier over every support crop (its episode class)
-        and every ground-truth box of the queries (the episode's classes: the mapper keeps only
-        those), labelled with dataset class ids."""
-        num_classes = self.base_classifier.out_features
+        """The ROI heads' base-class loss over every support crop (its episode class) and every
+        ground-truth box of the queries (the episode's classes: the mapper keeps only those),
+        labelled with dataset class ids."""
+        num_classes = self.roi_heads.base_classifier.out_features
         ids = [x["support_classes"] for x in batched_inputs]
         ids += [x["instances"].gt_classes for x in batched_inputs]
         top = max(int(t.max()) for t in ids if t.numel())  # loader's CPU tensors: no device sync
@@ -246,12 +251,7 @@ class FsodRCNN(GeneralizedRCNN):
             [x["support_classes"].to(self.device).repeat_interleave(shots) for x in batched_inputs]
         )
         gt = [x["instances"].to(self.device) for x in batched_inputs]
-        query_rois = self.roi_heads._shared_roi_transform(
-            [features[self.feature_name]], [t.gt_boxes for t in gt]
-        )
-        pooled = cat([shot_rois.flatten(0, 2), query_rois]).mean(dim=(2, 3))
-        labels = cat([support_labels, cat([t.gt_classes for t in gt])])
-        return F.cross_entropy(self.base_classifier(pooled), labels)
+        return self.roi_heads.base_class_loss(features, shot_rois.flatten(0, 2), support_labels, gt)
 
     def _losses(
         self,
@@ -327,24 +327,12 @@ class FsodRCNN(GeneralizedRCNN):
         return merged
 
 
-def _base_classifier_classes(cfg) -> int:
-    """MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES, or the training dataset's number of classes;
-    0 when neither is known. The classifier is training-only, so inference (``--eval-only``,
-    tools/predict.py) builds without it and ignores its weights in a checkpoint; training
-    without it raises in ``forward``."""
-    num = cfg.MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES
-    if num > 0:
-        return num
-    name = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
-    classes = MetadataCatalog.get(name).get("thing_classes") if name in MetadataCatalog else None
-    if not classes:
-        logger.info(
-            "MODEL.FSOD.BASE_CLASSIFIER: the number of classes is unknown (DATASETS.TRAIN[0] "
-            "%r is not registered): built without the training-only classifier",
-            name,
+def _check_component(module, expected: type, key: str, default: str) -> None:
+    if not isinstance(module, expected):
+        raise TypeError(
+            f"FsodRCNN needs a {expected.__name__} (or subclass); {key} builds a "
+            f"{type(module).__name__}: set {key} to {default!r} or a subclass of it"
         )
-        return 0
-    return len(classes)
 
 
 def _episode_targets(instances: Instances, support_classes: Tensor) -> Instances:

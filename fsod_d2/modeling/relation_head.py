@@ -4,20 +4,21 @@ Everything is expressed over *pairs* ``(roi, class)``:
 
 * ROI features (res5 on the pooled res4 map) are computed once per unique box, however many
   classes that box is paired with.
-* The three relation branches of Fan et al. score pairs: global (pooled vectors, MLP), local
-  (depth-wise correlation of 1x1-reduced maps) and patch (concatenated maps, conv stack). The
-  first layer of the global and patch branches acts on a concatenation, so it is split into a
-  query part and a support part, computed once per ROI and once per class and added per pair.
+* Relation branches (``MODEL.FSOD.RELATIONS``, registered in
+  :data:`~fsod_d2.modeling.relations.RELATION_REGISTRY`; Fan et al.'s global, local and patch)
+  embed each ROI and each class once and score pairs; their logits are summed.
 * At test time, ``patch_topk`` keeps, per ROI, only the top-k classes ranked by the cheap
-  global + local score for the expensive patch branch.
+  branches' score for the expensive branches (patch).
 * Box regression is class-agnostic and depends on the ROI alone, so it also runs once per box.
 """
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+import logging
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
 from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
@@ -25,106 +26,12 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_i
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from torch import Tensor, nn
 
+from .relations import MultiRelation, build_relations
 from .torchvision_backbone import build_torchvision_roi_stage, uses_torchvision_backbone
 
-# pairs scored per chunk by the gather-heavy branches; bounds peak memory
-_PAIR_CHUNK = 1024
+logger = logging.getLogger(__name__)
+
 _TEST_SCORES = ("sigmoid", "softmax")
-
-
-class MultiRelation(nn.Module):
-    """Global, local and patch relation branches; each returns one match logit per pair."""
-
-    def __init__(
-        self, channels: int, hidden: int, use_global: bool, use_local: bool, use_patch: bool
-    ):
-        super().__init__()
-        if not (use_global or use_local or use_patch):
-            raise ValueError("At least one of MODEL.FSOD.{GLOBAL,LOCAL,PATCH}_RELATION must be on")
-        self.use_global, self.use_local, self.use_patch = use_global, use_local, use_patch
-        if use_global:
-            self.global_q = nn.Linear(channels, hidden)
-            self.global_s = nn.Linear(channels, hidden, bias=False)
-            self.global_mlp = nn.Sequential(
-                nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
-            )
-        if use_local:
-            self.local_reduce = nn.Conv2d(channels, hidden, 1)
-            self.local_fc = nn.Linear(hidden, 1)
-        if use_patch:
-            self.patch_q = nn.Conv2d(channels, hidden, 1)
-            self.patch_s = nn.Conv2d(channels, hidden, 1, bias=False)
-            self.patch_convs = nn.Sequential(
-                nn.ReLU(),
-                nn.Conv2d(hidden, hidden, 3, padding=1),
-                nn.ReLU(),
-                nn.Conv2d(hidden, hidden, 1),
-                nn.ReLU(),
-            )
-            self.patch_fc = nn.Linear(hidden, 1)
-
-    @property
-    def has_cheap(self) -> bool:
-        return self.use_global or self.use_local
-
-    def embed(self, x: Tensor) -> Dict[str, Tensor]:
-        """Per-ROI or per-class embeddings used by the pairwise branches; ``x``: (M, C, h, w)."""
-        out = {}
-        if self.use_global:
-            out["global"] = x.mean(dim=(2, 3))
-        if self.use_local:
-            out["local"] = self.local_reduce(x).flatten(2)  # (M, hidden, h*w)
-        if self.use_patch:
-            out["patch"] = x
-        return out
-
-    def cheap_logits(
-        self, q: Dict[str, Tensor], s: Dict[str, Tensor], qi: Tensor, si: Tensor
-    ) -> Tensor:
-        """Global + local logits for the pairs (qi[p], si[p])."""
-        logits = qi.new_zeros(qi.shape[0], dtype=self._dtype)
-        if self.use_global:
-            h = self.global_q(q["global"])[qi] + self.global_s(s["global"])[si]
-            logits = logits + self.global_mlp(h).squeeze(1)
-        if self.use_local:
-            hw = q["local"].shape[-1]
-            corr = _chunked(lambda a, b: (q["local"][a] * s["local"][b]).sum(2) / hw, qi, si)
-            logits = logits + self.local_fc(F.relu(corr)).squeeze(1)
-        return logits
-
-    def cheap_logits_dense(self, q: Dict[str, Tensor], s: Dict[str, Tensor]) -> Tensor:
-        """Global + local logits of every (query row, support row) pair: (R, N), no gathers."""
-        logits = 0.0
-        if self.use_global:
-            h = self.global_q(q["global"])[:, None] + self.global_s(s["global"])[None]
-            logits = logits + self.global_mlp(h).squeeze(-1)
-        if self.use_local:
-            hw = q["local"].shape[-1]
-            corr = torch.einsum("rcs,ncs->rnc", q["local"], s["local"]) / hw
-            logits = logits + self.local_fc(F.relu(corr)).squeeze(-1)
-        return logits
-
-    def patch_logits(
-        self, q: Dict[str, Tensor], s: Dict[str, Tensor], qi: Tensor, si: Tensor
-    ) -> Tensor:
-        """Patch-relation logits for the pairs (qi[p], si[p])."""
-        pq, ps = self.patch_q(q["patch"]), self.patch_s(s["patch"])
-
-        def run(a: Tensor, b: Tensor) -> Tensor:
-            return self.patch_fc(self.patch_convs(pq[a] + ps[b]).mean(dim=(2, 3))).squeeze(1)
-
-        return _chunked(run, qi, si)
-
-    def forward(self, q: Dict[str, Tensor], s: Dict[str, Tensor], qi: Tensor, si: Tensor) -> Tensor:
-        """Sum of all enabled branches for the pairs (qi[p], si[p])."""
-        logits = self.cheap_logits(q, s, qi, si) if self.has_cheap else 0.0
-        if self.use_patch:
-            logits = logits + self.patch_logits(q, s, qi, si)
-        return logits
-
-    @property
-    def _dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
 
 
 def res5_channels(res5: nn.Module) -> int:
@@ -133,19 +40,20 @@ def res5_channels(res5: nn.Module) -> int:
     return getattr(res5, "out_channels", None) or res5[-1].out_channels
 
 
-def _chunked(fn: Callable[[Tensor, Tensor], Tensor], qi: Tensor, si: Tensor) -> Tensor:
-    if qi.numel() <= _PAIR_CHUNK:
-        return fn(qi, si)
-    return cat([fn(a, b) for a, b in zip(qi.split(_PAIR_CHUNK), si.split(_PAIR_CHUNK))], dim=0)
-
-
 @ROI_HEADS_REGISTRY.register()
 class MultiRelationROIHeads(Res5ROIHeads):
     """Res5 ROI head whose predictor is the multi-relation detector (see module docstring).
 
     Reuses detectron2's pooler and res5 block (``_shared_roi_transform``) for both query ROIs
-    and support boxes; replaces the classifier with pairwise match scoring.
+    and support boxes; replaces the classifier with pairwise match scoring. Its public methods
+    are what :class:`FsodRCNN` uses: :meth:`pool_supports` and :meth:`support_prototypes`
+    (supports), :meth:`roi_features` (any boxes), :meth:`base_class_loss` (the optional
+    base-class classifier, which belongs to this head), and :meth:`forward`.
     """
+
+    # 2: the base-class classifier lives here (version 1: ``base_classifier.*`` of FsodRCNN,
+    # moved by FsodRCNN._load_from_state_dict)
+    _version = 2
 
     @configurable
     def __init__(
@@ -166,9 +74,22 @@ class MultiRelationROIHeads(Res5ROIHeads):
         box_loss_weight: float,
         class_contrast_weight: float = 0.0,
         test_score: str = "softmax",
+        base_classifier: Optional[nn.Linear] = None,
+        base_classifier_weight: float = 0.0,
         **kwargs,
     ):
+        """
+        Args:
+            relation: the relation branches (``MODEL.FSOD.RELATIONS``).
+            box_regressor: class-agnostic box deltas from the flattened res5 ROI feature.
+            base_classifier: training only: linear layer from pooled res5 features to dataset
+                class ids (``MODEL.FSOD.BASE_CLASSIFIER``); None = no ``loss_base_cls``.
+            base_classifier_weight: weight of ``loss_base_cls``.
+            others: see ``from_config`` (one config key each) and :class:`Res5ROIHeads`.
+        """
         super().__init__(**kwargs)
+        self.base_classifier = base_classifier
+        self.base_classifier_weight = base_classifier_weight
         if test_score not in _TEST_SCORES:
             raise ValueError(
                 f"MODEL.FSOD.TEST_SCORE must be one of {_TEST_SCORES}, got {test_score!r}"
@@ -198,14 +119,11 @@ class MultiRelationROIHeads(Res5ROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         ret = super().from_config(cfg, input_shape)
-        # the classifier of Res5ROIHeads is replaced by the relation module
-        ret.pop("box_predictor")
+        # Res5ROIHeads' classifier is replaced by the relation module and the box regressor
+        ret["box_predictor"] = None
         out_channels = res5_channels(ret["res5"])
         m = cfg.MODEL.FSOD
-        ret["box_predictor"] = None
-        ret["relation"] = MultiRelation(
-            out_channels, m.RELATION_DIM, m.GLOBAL_RELATION, m.LOCAL_RELATION, m.PATCH_RELATION
-        )
+        ret["relation"] = build_relations(m.RELATIONS, out_channels, m.RELATION_DIM)
         res5_size = (cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION + 1) // 2  # res5 has stride 2
         ret["box_regressor"] = nn.Linear(out_channels * res5_size**2, 4)
         nn.init.normal_(ret["box_regressor"].weight, std=0.001)
@@ -223,6 +141,10 @@ class MultiRelationROIHeads(Res5ROIHeads):
         ret["box_loss_weight"] = m.BOX_LOSS_WEIGHT
         ret["class_contrast_weight"] = m.CLASS_CONTRAST_WEIGHT
         ret["test_score"] = m.TEST_SCORE
+        num_classes = _base_classifier_classes(cfg) if m.BASE_CLASSIFIER.WEIGHT > 0 else 0
+        if num_classes:
+            ret["base_classifier"] = nn.Linear(out_channels, num_classes)
+        ret["base_classifier_weight"] = m.BASE_CLASSIFIER.WEIGHT
         return ret
 
     @classmethod
@@ -232,12 +154,38 @@ class MultiRelationROIHeads(Res5ROIHeads):
             return build_torchvision_roi_stage(cfg)
         return super()._build_res5_block(cfg)
 
-    # ------------------------------------------------------------------ supports
-    def encode_supports(self, features: Tensor, boxes: Tensor) -> Tuple[Tensor, Tensor]:
-        """Support crops' backbone map (S, C, H, W) and object boxes (S, 4) ->
-        RPN kernels (S, C) (ROI-pooled map, averaged) and ROI features (S, C5, h, w)."""
-        pooled = self.pooler([features], [Boxes(b[None]) for b in boxes])
-        return pooled.mean(dim=(2, 3)), self.res5(pooled)
+    # ------------------------------------------------------------------ public pieces
+    def pool_supports(self, features: Tensor, boxes: Tensor) -> Tensor:
+        """Support crops' backbone map (S, C, H, W) and object boxes (S, 4) -> the ROI-pooled
+        map of each object (S, C, r, r); input of the RPN kernels and of the prototypes."""
+        return self.pooler([features], [Boxes(b[None]) for b in boxes])
+
+    def support_prototypes(self, pooled: Tensor) -> Tensor:
+        """Pooled support maps (S, C, r, r) -> per-shot ROI features (S, C5, h, w)."""
+        return self.res5(pooled)
+
+    def roi_features(self, features: Dict[str, Tensor], boxes: List[Boxes]) -> Tensor:
+        """Res5 features (R, C5, h, w) of boxes on the query feature maps (the pooler + res5
+        of :class:`Res5ROIHeads`)."""
+        return self._shared_roi_transform([features[f] for f in self.in_features], boxes)
+
+    def base_class_loss(
+        self,
+        features: Dict[str, Tensor],
+        support_rois: Tensor,
+        support_classes: Tensor,
+        gt_instances: List[Instances],
+    ) -> Tensor:
+        """Weighted cross-entropy of the base-class classifier over support ROI features
+        (S, C5, h, w) labelled ``support_classes`` (S,) and over every ground-truth box of the
+        queries (``gt_classes``: dataset class ids). Needs ``base_classifier``."""
+        if self.base_classifier is None:
+            raise RuntimeError("base_class_loss needs MODEL.FSOD.BASE_CLASSIFIER.WEIGHT > 0")
+        query_rois = self.roi_features(features, [t.gt_boxes for t in gt_instances])
+        pooled = cat([support_rois, query_rois]).mean(dim=(2, 3))
+        labels = cat([support_classes, cat([t.gt_classes for t in gt_instances])])
+        loss = F.cross_entropy(self.base_classifier(pooled), labels)
+        return self.base_classifier_weight * loss
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -264,8 +212,8 @@ class MultiRelationROIHeads(Res5ROIHeads):
         return self._forward_test(features, proposals, prototypes)
 
     def _roi_embeddings(self, features: Dict[str, Tensor], boxes: List[Boxes]):
-        x = self._shared_roi_transform([features[f] for f in self.in_features], boxes)
-        return x, self.relation.embed(x)
+        x = self.roi_features(features, boxes)
+        return x, self.relation.embed_queries(x)
 
     def _forward_train(self, features, proposals, prototypes, targets):
         num_classes = prototypes.shape[1]
@@ -289,7 +237,7 @@ class MultiRelationROIHeads(Res5ROIHeads):
             offset += len(uniq)
 
         x, q = self._roi_embeddings(features, sampled_boxes)
-        s = self.relation.embed(prototypes.flatten(0, 1))
+        s = self.relation.embed_supports(prototypes.flatten(0, 1))
         logits = self.relation(q, s, cat(pair_boxes), cat(pair_classes))
         labels = cat(pair_labels).to(logits.dtype)
         loss_match = F.binary_cross_entropy_with_logits(logits, labels, reduction="mean")
@@ -378,7 +326,7 @@ class MultiRelationROIHeads(Res5ROIHeads):
         num_classes = prototypes.shape[1]
         boxes = [p.proposal_boxes for p in proposals]
         x, q = self._roi_embeddings(features, boxes)
-        s = self.relation.embed(prototypes.flatten(0, 1))
+        s = self.relation.embed_supports(prototypes.flatten(0, 1))
         deltas = self.box_regressor(x.flatten(1))
         pred_boxes = self.box2box_transform.apply_deltas(deltas, cat([b.tensor for b in boxes]))
 
@@ -393,7 +341,8 @@ class MultiRelationROIHeads(Res5ROIHeads):
                 ci = props.proposal_classes
                 scores[ri, ci] = self.relation(q_b, s_b, ri, ci).sigmoid()
             else:
-                scores[:, :num_classes] = self._match_scores(self._all_pairs_logits(q_b, s_b))
+                logits = self.relation.dense(q_b, s_b, self.patch_topk)
+                scores[:, :num_classes] = self._match_scores(logits)
             result, _ = fast_rcnn_inference_single_image(
                 pred_boxes[rows],
                 scores,
@@ -413,26 +362,22 @@ class MultiRelationROIHeads(Res5ROIHeads):
             return logits.sigmoid()
         return torch.softmax(F.pad(logits, (0, 1)), dim=1)[:, :-1]
 
-    def _all_pairs_logits(self, q: Dict[str, Tensor], s: Dict[str, Tensor]) -> Tensor:
-        """(R, N) logits of every ROI with every class of one image. The cheap branches run
-        densely; with ``patch_topk`` the patch branch only sees each ROI's top-k classes by
-        cheap score, the others get -inf (score 0)."""
-        rel, k = self.relation, self.patch_topk
-        num_rois, num_classes = len(next(iter(q.values()))), len(next(iter(s.values())))
-        device = next(iter(q.values())).device
-        if rel.has_cheap:
-            logits = rel.cheap_logits_dense(q, s)
-        else:
-            logits = torch.zeros(num_rois, num_classes, device=device)
-        if not rel.use_patch:
-            return logits
-        if rel.has_cheap and 0 < k < num_classes:
-            top = logits.topk(k, dim=1)
-            ri = torch.arange(num_rois, device=device).repeat_interleave(k)
-            ci = top.indices.reshape(-1)
-            pruned = torch.full_like(logits, float("-inf"))
-            pruned[ri, ci] = top.values.reshape(-1) + rel.patch_logits(q, s, ri, ci)
-            return pruned
-        ri = torch.arange(num_rois, device=device).repeat_interleave(num_classes)
-        ci = torch.arange(num_classes, device=device).repeat(num_rois)
-        return logits + rel.patch_logits(q, s, ri, ci).view(num_rois, num_classes)
+
+def _base_classifier_classes(cfg) -> int:
+    """MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES, or the training dataset's number of classes;
+    0 when neither is known. The classifier is training-only, so inference (``--eval-only``,
+    tools/predict.py) builds without it and ignores its weights in a checkpoint; training
+    without it raises in ``forward``."""
+    num = cfg.MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES
+    if num > 0:
+        return num
+    name = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
+    classes = MetadataCatalog.get(name).get("thing_classes") if name in MetadataCatalog else None
+    if not classes:
+        logger.info(
+            "MODEL.FSOD.BASE_CLASSIFIER: the number of classes is unknown (DATASETS.TRAIN[0] "
+            "%r is not registered): built without the training-only classifier",
+            name,
+        )
+        return 0
+    return len(classes)

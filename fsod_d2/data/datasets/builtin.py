@@ -44,6 +44,7 @@ from ..splits import (
     kshot_json_name,
 )
 from .coco_fewshot import datasets_root, register_fewshot_coco
+from .toy_categories import toy_category_id, toy_split
 from .voc_fewshot import register_fewshot_voc, voc_categories
 
 __all__ = ["FSOD_SPLITS_DIR", "builtin_kshot_json", "register_all_fewshot"]
@@ -141,8 +142,6 @@ def _register_voc(root: str) -> None:
 
 
 def _register_toy(root: str) -> None:
-    from ..toy import toy_category_id, toy_split  # lazy: the generator is not needed to register
-
     base, novel = toy_split()
     cats = [{"id": toy_category_id(n), "name": n} for n in base + novel]
     for folder in ("fsod_toy", "fsod_toy_hard"):  # make_toy_dataset.py [--hard]

@@ -1,4 +1,7 @@
-"""Deterministic toy few-shot detection dataset: procedurally drawn objects on real photos.
+"""Deterministic toy few-shot detection dataset ("shapes"): drawn objects on real photos.
+
+The category names and ids are defined in :mod:`fsod_d2.data.datasets.toy_categories` (which
+registration reads without this generator).
 
 Every category is a fixed combination of a *shape* (circle, star, arrow, heart, ...), a *pattern*
 (solid, striped, checkered, dotted, split two-tone, bordered) and a *colour scheme* (primary +
@@ -38,7 +41,16 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..utils.files import atomic_write
+from fsod_d2.data.datasets.toy_categories import (
+    COLOUR_NAMES,
+    SHAPE_NAMES,
+    TOY_CATEGORIES,
+    TOY_STYLES,
+    ToyStyle,
+    toy_category_id,
+    toy_split,
+)
+from fsod_d2.utils.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +193,6 @@ def _normalise(shape: list[tuple[np.ndarray, bool]]) -> list[tuple[np.ndarray, b
 _SHAPES: dict[str, list[tuple[np.ndarray, bool]]] = {
     name: _normalise(shape) for name, shape in _raw_shapes().items()
 }
-_SHAPE_NAMES = tuple(_SHAPES)
-_PATTERNS = ("solid", "striped", "checkered", "dotted", "split", "bordered")
 # name -> (primary RGB, secondary RGB). Primary hues are spread so that hue jitter keeps them apart.
 _COLOURS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
     "red": ((215, 35, 35), (245, 245, 245)),
@@ -196,50 +206,11 @@ _COLOURS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
     "white": ((240, 240, 240), (215, 35, 35)),
     "black": ((30, 30, 30), (20, 190, 210)),
 }
-_COLOUR_NAMES = tuple(_COLOURS)
 
 
-@dataclass(frozen=True)
-class _Style:
-    name: str
-    shape: str
-    pattern: str
-    colour: str
-
-
-def _build_styles(n: int = 50) -> tuple[_Style, ...]:
-    """Category i: shape i % 25; the second block of 25 reuses the shapes with a pattern offset by
-    3 and a colour offset by 5, so same-shape categories differ in pattern and colour."""
-    styles = []
-    for i in range(n):
-        block, s = divmod(i, len(_SHAPE_NAMES))
-        shape = _SHAPE_NAMES[s]
-        pattern = _PATTERNS[(s + 3 * block) % len(_PATTERNS)]
-        colour = _COLOUR_NAMES[(3 * s + 5 * block) % len(_COLOUR_NAMES)]
-        styles.append(_Style(f"{colour}_{pattern}_{shape}", shape, pattern, colour))
-    return tuple(styles)
-
-
-_STYLES = _build_styles()
-
-TOY_CATEGORIES: list[str] = [s.name for s in _STYLES]
-"""The 50 toy category names; a category's COCO id is ``2 * TOY_CATEGORIES.index(name) + 1``."""
-
-
-def toy_split(num_base: int = 20, num_novel: int = 5) -> tuple[list[str], list[str]]:
-    """Base and novel class names: the first ``num_base`` toy categories, then the next
-    ``num_novel``."""
-    if num_base < 1 or num_novel < 0 or num_base + num_novel > len(TOY_CATEGORIES):
-        raise ValueError(
-            f"need 1 <= num_base and 0 <= num_novel with num_base + num_novel <= "
-            f"{len(TOY_CATEGORIES)}; got num_base={num_base}, num_novel={num_novel}"
-        )
-    return TOY_CATEGORIES[:num_base], TOY_CATEGORIES[num_base : num_base + num_novel]
-
-
-def toy_category_id(name: str) -> int:
-    """COCO category id of a toy category (odd numbers: 1, 3, 5, ...)."""
-    return 2 * TOY_CATEGORIES.index(name) + 1
+if tuple(_SHAPES) != SHAPE_NAMES or tuple(_COLOURS) != COLOUR_NAMES:  # one list of names
+    raise ImportError("fsod_datagen.shapes: shapes/colours differ from fsod_d2's toy categories")
+_STYLES = TOY_STYLES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +385,7 @@ def _pattern_mask(
 
 
 def _render_object(
-    style: _Style, long_side: float, rng: np.random.Generator, d: _Difficulty
+    style: ToyStyle, long_side: float, rng: np.random.Generator, d: _Difficulty
 ) -> tuple[np.ndarray, np.ndarray]:
     """One instance: (rgb float32 h x w x 3, alpha float32 h x w in [0, 1]), cropped to the
     drawn pixels."""
