@@ -3,7 +3,9 @@
 The support kernel of a class is its pooled res4 support feature (a C-vector). For a 1x1 kernel
 the depth-wise correlation of the paper is a channel-wise product, so the N class-conditioned
 query maps of B images form one (B*N, C, H, W) batch and detectron2's RPN machinery (anchors,
-matching, losses, NMS) runs on it unchanged.
+matching, losses, NMS) runs on it. Its per-image loops are replaced by tensor passes over all
+pairs (:mod:`fsod_d2.modeling.batched_rpn`), so a training step's host syncs do not grow with B
+and N.
 """
 
 from typing import Dict, List, Optional, Tuple
@@ -12,8 +14,10 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
 from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY, StandardRPNHead
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor
+
+from . import batched_rpn
 
 _CONDITIONING = ("early", "late")
 
@@ -100,8 +104,8 @@ class AttentionRPN(RPN):
             images: B query images.
             features: backbone features of the queries.
             kernels: (B, N, C) support kernels.
-            gt_instances: training only; B*N Instances, entry ``b * N + n`` holding the
-                ground-truth boxes of class n in image b (empty for absent classes).
+            gt_instances: training only; B Instances with ``gt_boxes`` and ``gt_classes`` in
+                0..N-1 (-1: ignored); pair (b, n) is trained on the boxes of class n in image b.
             merge_classes: return one proposal set per image instead of one per pair.
 
         Returns:
@@ -123,7 +127,9 @@ class AttentionRPN(RPN):
         ]
         losses = {}
         if self.training:
-            gt_labels, gt_boxes = self.label_and_sample_anchors(anchors, gt_instances)
+            gt_labels, gt_boxes = self.label_and_sample_anchors(
+                anchors, gt_instances, num_classes, images.image_sizes
+            )
             losses = self.losses(anchors, logits, gt_labels, deltas, gt_boxes)
 
         if merge_classes:
@@ -133,6 +139,48 @@ class AttentionRPN(RPN):
             image_sizes = [s for s in images.image_sizes for _ in range(num_classes)]
         proposals = self.predict_proposals(anchors, logits, deltas, image_sizes)
         return proposals, losses
+
+    @torch.no_grad()
+    def label_and_sample_anchors(
+        self,
+        anchors: List[Boxes],
+        gt_instances: List[Instances],
+        num_classes: int = 1,
+        image_sizes: Optional[List[Tuple[int, int]]] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        """Anchor labels (B*N, A) and matched boxes (B*N, A, 4) of every (image, class) pair
+        in tensor passes (detectron2's matching and sampling rules; no per-pair loop)."""
+        gt_boxes, gt_classes = batched_rpn.pad_targets(gt_instances, anchors[0].device)
+        boxes, valid = batched_rpn.pair_targets(gt_boxes, gt_classes, num_classes)
+        sizes = image_sizes or [t.image_size for t in gt_instances]
+        sizes = [s for s in sizes for _ in range(num_classes)]
+        return batched_rpn.label_and_sample_anchors(self, anchors, boxes, valid, sizes)
+
+    def losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes):
+        """detectron2's RPN losses on stacked pair labels, masked instead of indexed."""
+        return batched_rpn.rpn_losses(
+            self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes
+        )
+
+    def predict_proposals(self, anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes):
+        """detectron2's proposal selection for all pairs at once. Training: fixed-size
+        Instances (``post_nms_topk`` rows) with a ``proposal_valid`` mask; inference: the valid
+        proposals only, as detectron2 returns them."""
+        with torch.no_grad():
+            pred_proposals = self._decode_proposals(anchors, pred_anchor_deltas)
+            boxes, scores, valid = batched_rpn.find_top_proposals(
+                pred_proposals,
+                pred_objectness_logits,
+                image_sizes,
+                self.nms_thresh,
+                self.pre_nms_topk[self.training],
+                self.post_nms_topk[self.training],
+                self.min_box_size,
+                self.training,
+            )
+            return batched_rpn.proposals_to_instances(
+                boxes, scores, valid, image_sizes, padded=self.training
+            )
 
 
 @torch.no_grad()

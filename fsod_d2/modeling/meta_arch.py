@@ -259,9 +259,8 @@ class FsodRCNN(GeneralizedRCNN):
         targets: List[Instances],
     ) -> Dict[str, Tensor]:
         num_classes = kernels.shape[1]
-        rpn_targets = [_class_targets(t, n) for t in targets for n in range(num_classes)]
         proposals, rpn_losses = self.proposal_generator(
-            images, features, kernels, rpn_targets, merge_classes=self.shared_proposals
+            images, features, kernels, targets, merge_classes=self.shared_proposals
         )
         if not self.shared_proposals:
             proposals = _group_by_image(proposals, num_classes)
@@ -345,11 +344,11 @@ def _base_classifier_classes(cfg) -> int:
 
 
 def _episode_targets(instances: Instances, support_classes: Tensor) -> Instances:
-    """Keep the ground truth of the episode's classes; relabel to episode indices 0..N-1."""
+    """Relabel the ground truth to episode indices 0..N-1; boxes of other classes get -1
+    (ignored downstream). No boolean indexing: the box count stays a shape (no host sync)."""
     match = instances.gt_classes[:, None] == support_classes[None, :]
-    keep = match.any(dim=1)
-    out = instances[keep]
-    out.gt_classes = match[keep].float().argmax(dim=1)
+    out = Instances(instances.image_size, gt_boxes=instances.gt_boxes)
+    out.gt_classes = torch.where(match.any(dim=1), match.float().argmax(dim=1), -1)
     return out
 
 
