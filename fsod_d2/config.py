@@ -126,3 +126,6 @@ def _add_engine_config(cfg: CN) -> None:
     # models from scratch much faster (demo); the paper setting uses SGD.
     e.OPTIMIZER = "SGD"
     e.ADAMW_BETAS = (0.9, 0.999)  # AdamW only
+    # Autocast dtype when SOLVER.AMP.ENABLED: "auto" (bfloat16 on GPUs that support it, else
+    # float16 with loss scaling), "bfloat16" or "float16". On CPU always bfloat16.
+    e.AMP_DTYPE = "auto"

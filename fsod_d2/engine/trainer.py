@@ -39,6 +39,7 @@ from ..data import build_episodic_train_loader, build_support_set, register_from
 from ..evaluation import FsodCOCOEvaluator
 from ..modeling.support import PrototypeSet, StalePrototypeError, support_fingerprint
 from .hooks import GPUStatsHook, ThroughputHook, explain_oom
+from .precision import needs_grad_scaler, resolve_amp_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,13 @@ def check_datasets(cfg: CfgNode) -> None:
 # ---------------------------------------------------------------------------- trainers
 class FsodAMPTrainer(AMPTrainer):
     """:class:`AMPTrainer` that also runs on CPU: bfloat16 autocast there (which needs no
-    loss scaling); on CUDA it is detectron2's float16 AMP with a GradScaler."""
+    loss scaling); on CUDA detectron2's AMP in ``precision`` (``FSOD.ENGINE.AMP_DTYPE``, see
+    :func:`fsod_d2.engine.precision.resolve_amp_dtype`), with a GradScaler for float16 only."""
+
+    def __init__(self, model, data_loader, optimizer, precision: torch.dtype = torch.float16):
+        device = next(model.parameters()).device.type
+        scaler = torch.amp.GradScaler(device, enabled=needs_grad_scaler(precision, device))
+        super().__init__(model, data_loader, optimizer, grad_scaler=scaler, precision=precision)
 
     def run_step(self):
         if next(self.model.parameters()).device.type == "cuda":
@@ -181,7 +188,9 @@ class FsodTrainer(DefaultTrainer):
             super().__init__(cfg)
         if cfg.SOLVER.AMP.ENABLED:  # detectron2's AMPTrainer asserts CUDA
             t = self._trainer
-            self._trainer = FsodAMPTrainer(t.model, t.data_loader, t.optimizer)
+            dtype = resolve_amp_dtype(cfg.FSOD.ENGINE.AMP_DTYPE, cfg.MODEL.DEVICE)
+            logger.info("Mixed precision: %s autocast", dtype)
+            self._trainer = FsodAMPTrainer(t.model, t.data_loader, t.optimizer, precision=dtype)
         if cfg.SEED >= 0:
             # Seed right before the forward pass, after the batch was fetched: the loader
             # draws from torch's RNG when its first batch is loaded, which a resumed run does

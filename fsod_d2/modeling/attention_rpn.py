@@ -11,7 +11,9 @@ and N.
 from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
+from detectron2.layers import Conv2d
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
 from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY, StandardRPNHead
 from detectron2.structures import Boxes, ImageList, Instances
@@ -20,6 +22,12 @@ from torch import Tensor
 from . import batched_rpn
 
 _CONDITIONING = ("early", "late")
+
+
+def _fp16_autocast(device_type: str) -> bool:
+    return torch.is_autocast_enabled(device_type) and (
+        torch.get_autocast_dtype(device_type) == torch.float16
+    )
 
 
 @RPN_HEAD_REGISTRY.register()
@@ -60,7 +68,11 @@ class AttentionRPNHead(StandardRPNHead):
         kernels = kernels[..., None, None]
         logits, deltas = [], []
         for x in features:
-            if self.conditioning == "early":
+            if self.conditioning == "early" and _fp16_autocast(x.device.type):
+                s, d = self._early_scaled((x[:, None] * kernels).flatten(0, 1))
+                logits.append(s)
+                deltas.append(d)
+            elif self.conditioning == "early":
                 hidden = self.conv((x[:, None] * kernels).flatten(0, 1))
                 logits.append(self.objectness_logits(hidden))
                 deltas.append(self.anchor_deltas(hidden))
@@ -71,6 +83,34 @@ class AttentionRPNHead(StandardRPNHead):
                 d = self.anchor_deltas(hidden)
                 deltas.append(d[:, None].expand(-1, num_classes, -1, -1, -1).flatten(0, 1))
         return logits, deltas
+
+    def _early_scaled(self, z: Tensor) -> Tuple[Tensor, Tensor]:
+        """The early head on ``z = query * kernel`` under float16 autocast, without overflow.
+
+        ``z`` is a product of two feature maps: its values reach the square of feature
+        magnitudes and can exceed float16's 65504, so the 3x3 conv's float16 input would hold
+        inf (then NaN boxes: "Training has diverged"). The product is formed in float32 and
+        each pair's map divided by its largest magnitude ``m``; every layer of the head is
+        linear up to a ReLU, which commutes with a positive scale, so with ``c`` the 3x3 conv
+        without bias: ``hidden / m = relu(c(z / m) + b / m)`` and each 1x1 layer ``l`` gives
+        ``l(hidden) = m * l_nobias(hidden / m) + bias``. The float16 convs see values of order
+        one; the outputs are rescaled in float32. Same result as float32 up to rounding.
+        """
+        z = z.float()
+        conv = self.conv
+        if not (isinstance(conv, Conv2d) and conv.norm is None and conv.bias is not None):
+            # other head layouts (MODEL.RPN.CONV_DIMS with several convs): all in float32
+            with torch.autocast(z.device.type, enabled=False):
+                hidden = conv(z)
+                return self.objectness_logits(hidden), self.anchor_deltas(hidden)
+        m = z.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1.0)
+        h = F.conv2d(z / m, conv.weight, None, conv.stride, conv.padding, conv.dilation)
+        hidden = F.relu(h.float() + conv.bias.float()[None, :, None, None] / m)
+        outs = []
+        for layer in (self.objectness_logits, self.anchor_deltas):
+            out = F.conv2d(hidden, layer.weight, None, layer.stride, layer.padding)
+            outs.append(out.float() * m + layer.bias.float()[None, :, None, None])
+        return outs[0], outs[1]
 
     def _late_objectness(self, hidden: Tensor, kernels: Tensor) -> Tensor:
         """``objectness_logits(hidden * kernel_n)`` for every class n, computed as one matmul
