@@ -67,6 +67,9 @@ def _add_model_config(cfg: CN) -> None:
     # Run conv + FrozenBatchNorm pairs (ResNet) as one convolution with the norm folded into the
     # weights: same parameters, checkpoints and outputs; saves the norm's elementwise passes.
     m.FOLD_FROZEN_BN = True
+    # Parameters and backbone inputs in channels-last memory format (cuDNN's NHWC kernels without
+    # layout transposes). Off: not measured faster on a GPU here yet.
+    m.CHANNELS_LAST = False
 
     # Tiny backbone for CPU tests/demo (registered as "build_fsod_tiny_backbone"). Its output
     # name is MODEL.RESNETS.OUT_FEATURES[0]; its channels RES2_OUT_CHANNELS * 4 so that

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from .fold_bn import fold_frozen_bn
 from .relation_head import res5_channels
 from .support import PrototypeSet, StalePrototypeError, support_fingerprint, weights_fingerprint
+from .transfer import instances_to_device, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class FsodRCNN(GeneralizedRCNN):
         shared_proposals: bool = True,
         per_class_reference: bool = False,
         fold_bn: bool = True,
+        channels_last: bool = False,
         base_classifier: Optional[nn.Linear] = None,
         base_classifier_weight: float = 0.0,
         **kwargs,
@@ -56,6 +58,7 @@ class FsodRCNN(GeneralizedRCNN):
                 class ids, applied to every support crop and every ground-truth box of the
                 query (``loss_base_cls``); None = no such loss.
             base_classifier_weight: weight of ``loss_base_cls``.
+            channels_last: keep parameters and backbone inputs in channels-last memory format.
             kwargs: see :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
@@ -65,6 +68,9 @@ class FsodRCNN(GeneralizedRCNN):
         self.per_class_reference = per_class_reference
         if fold_bn:
             fold_frozen_bn(self)
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
         self.prototypes: Optional[PrototypeSet] = None
         rpn_features = list(self.proposal_generator.in_features)
         roi_features = list(self.roi_heads.in_features)
@@ -82,6 +88,7 @@ class FsodRCNN(GeneralizedRCNN):
         ret["shared_proposals"] = cfg.MODEL.FSOD.SHARED_PROPOSALS
         ret["per_class_reference"] = cfg.MODEL.FSOD.PER_CLASS_REFERENCE
         ret["fold_bn"] = cfg.MODEL.FSOD.FOLD_FROZEN_BN
+        ret["channels_last"] = cfg.MODEL.FSOD.CHANNELS_LAST
         aux = cfg.MODEL.FSOD.BASE_CLASSIFIER
         num_classes = _base_classifier_classes(cfg) if aux.WEIGHT > 0 else 0
         if num_classes:
@@ -92,13 +99,22 @@ class FsodRCNN(GeneralizedRCNN):
 
     # ------------------------------------------------------------------ supports
     def _normalize(self, images: Tensor) -> Tensor:
-        return (images.to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
+        """uint8 images -> normalized float on the device (converted after the copy)."""
+        images = (to_device(images, self.device).float() - self.pixel_mean) / self.pixel_std
+        return self._layout(images)
+
+    def _move_to_current_device(self, x: Tensor) -> Tensor:
+        return to_device(x, self.device)
+
+    def _layout(self, x: Tensor) -> Tensor:
+        """Backbone input in the model's memory format (MODEL.FSOD.CHANNELS_LAST)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def encode_supports(self, images: Tensor, boxes: Tensor) -> Tuple[Tensor, Tensor]:
         """Raw support crops (S, 3, H, W) and boxes (S, 4) -> per-shot RPN kernels (S, C) and
         ROI features (S, C5, h, w)."""
         features = self.backbone(self._normalize(images))[self.feature_name]
-        return self.roi_heads.encode_supports(features, boxes.to(self.device, torch.float32))
+        return self.roi_heads.encode_supports(features, to_device(boxes, self.device).float())
 
     @torch.no_grad()
     def compute_prototypes(
@@ -169,7 +185,7 @@ class FsodRCNN(GeneralizedRCNN):
         if not self.training:
             return self.inference(batched_inputs)
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
+        features = self.backbone(self._layout(images.tensor))
         kernels, shot_rois = self._episode_prototypes(batched_inputs)
         prototypes = shot_rois.mean(2)
         losses = {}
@@ -183,8 +199,9 @@ class FsodRCNN(GeneralizedRCNN):
             losses["loss_base_cls"] = self.base_classifier_weight * self._base_class_loss(
                 features, shot_rois, batched_inputs
             )
+        # relabelled where the loader left them (host), then copied without blocking
         targets = [
-            _episode_targets(x["instances"].to(self.device), x["support_classes"].to(self.device))
+            instances_to_device(_episode_targets(x["instances"], x["support_classes"]), self.device)
             for x in batched_inputs
         ]
         if not self.per_class_reference:
@@ -284,7 +301,7 @@ class FsodRCNN(GeneralizedRCNN):
                 "(tools/predict.py and the evaluator do this)"
             )
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
+        features = self.backbone(self._layout(images.tensor))
         num_images = len(images)
         kernels = self.prototypes.rpn_kernels[None].expand(num_images, -1, -1)
         rois = self.prototypes.roi_prototypes[None].expand(num_images, -1, -1, -1, -1)
@@ -346,6 +363,7 @@ def _base_classifier_classes(cfg) -> int:
 def _episode_targets(instances: Instances, support_classes: Tensor) -> Instances:
     """Relabel the ground truth to episode indices 0..N-1; boxes of other classes get -1
     (ignored downstream). No boolean indexing: the box count stays a shape (no host sync)."""
+    support_classes = support_classes.to(instances.gt_classes.device)
     match = instances.gt_classes[:, None] == support_classes[None, :]
     out = Instances(instances.image_size, gt_boxes=instances.gt_boxes)
     out.gt_classes = torch.where(match.any(dim=1), match.float().argmax(dim=1), -1)
