@@ -38,7 +38,46 @@ logger = logging.getLogger("fsod_d2.benchmarks.loader")
 SETTINGS = {  # name -> config overrides on top of the tiny CPU config
     "tiny": [],
     "support320_5way3shot": ["FSOD.SUPPORT.SIZE", "320", "FSOD.N_WAY", "5", "FSOD.K_SHOT", "3"],
+    # the GPU headline: 384 px supports, queries resized to a 600 px shorter side
+    "headline_s384_q600": [
+        "FSOD.SUPPORT.SIZE",
+        "384",
+        "FSOD.N_WAY",
+        "5",
+        "FSOD.K_SHOT",
+        "3",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(600,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "1000",
+    ],  # fmt: skip
 }
+
+
+def profile_mapper(cfg, episodes: int, top: int = 12) -> list:
+    """cProfile of building ``episodes`` episodes in this process (decode, resize, crops...):
+    the functions with the most own time, in ms per episode."""
+    import cProfile
+    import pstats
+
+    loader = build_episodic_train_loader(cfg)
+    dataset = loader.dataset
+    for g in range(3):  # warm: file handles, first decodes
+        dataset[g]
+    prof = cProfile.Profile()
+    prof.enable()
+    for g in range(3, 3 + episodes):
+        dataset[g]
+    prof.disable()
+    stats = pstats.Stats(prof)
+    rows = []
+    for (file, line, name), (_, calls, own, cum, _) in stats.stats.items():
+        where = f"{Path(file).name}:{line}({name})" if line else name
+        rows.append({"function": where, "calls_per_episode": calls / episodes,
+                     "own_ms_per_episode": own * 1e3 / episodes,
+                     "cum_ms_per_episode": cum * 1e3 / episodes})  # fmt: skip
+    rows.sort(key=lambda r: -r["own_ms_per_episode"])
+    return rows[:top]
 
 
 def loader_episode_rate(cfg, iters: int, warmup: int = 3) -> dict:
@@ -99,6 +138,8 @@ def main(argv=None) -> dict:
     p.add_argument("--model-iters", type=int, default=6, help="timed model steps per setting")
     p.add_argument("--no-model", action="store_true", help="loader only")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--profile", type=int, default=0, help="cProfile this many episodes/setting")
     p.add_argument("--output", default=str(REPO / "benchmarks" / "results"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s %(name)s] %(message)s")
@@ -117,7 +158,8 @@ def main(argv=None) -> dict:
         "dataset": {"name": "fsod_toy_train_base", **toy["stats"]},
         "settings": {},
     }
-    for name, opts in SETTINGS.items():
+    for name in args.settings:
+        opts = SETTINGS[name]
         base = ["DATASETS.TRAIN", "('fsod_toy_train_base',)", "FSOD.SUPPORT.CACHE_DIR", cache]
         cfg = get_tiny_cfg(*base, *opts)
         t0 = time.perf_counter()
@@ -135,6 +177,8 @@ def main(argv=None) -> dict:
             wcfg = get_tiny_cfg(*base, *opts, "DATALOADER.NUM_WORKERS", str(w))
             entry["loader"][f"workers_{w}"] = r = loader_episode_rate(wcfg, args.iters)
             logger.info("%s, %d workers: %.1f episodes/s", name, w, r["episodes_per_s"])
+        if args.profile:
+            entry["profile"] = profile_mapper(cfg, args.profile)
         if not args.no_model:
             try:
                 entry["model"] = measure_model_episode_rate(cfg, args.model_iters)
@@ -156,6 +200,12 @@ def main(argv=None) -> dict:
             ratio_s = f"{ratio:.1f}x" if ratio else "-"
             w = k.split("_")[1]
             print(f"{name:24s} {w:>7s} {v['episodes_per_s']:12.1f} {model_s:>11s} {ratio_s:>7s}")
+    for name, e in results["settings"].items():
+        if "profile" in e:
+            print(f"\n{name}: own time per episode (cProfile, main process)")
+            for r in e["profile"]:
+                print(f"  {r['own_ms_per_episode']:7.2f} ms {r['calls_per_episode']:6.1f}x "
+                      f"{r['function'][:80]}")  # fmt: skip
     os.makedirs(args.output, exist_ok=True)
     out = os.path.join(args.output, "loader_throughput.json")
     with open(out, "w") as f:
