@@ -64,7 +64,7 @@ def profile_mapper(cfg, episodes: int, top: int = 12) -> list:
     dataset = loader.dataset
     for g in range(3):  # warm: file handles, first decodes
         dataset[g]
-    prof = cProfile.Profile()
+    prof = cProfile.Profile(time.process_time)  # CPU time: robust to other load
     prof.enable()
     for g in range(3, 3 + episodes):
         dataset[g]
@@ -88,14 +88,17 @@ def loader_episode_rate(cfg, iters: int, warmup: int = 3) -> dict:
     for _ in range(warmup):  # worker start-up and the first prefetches are not steady state
         next(it)
     startup = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     episodes = sum(len(next(it)) for _ in range(iters))
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     del it
     return {
         "episodes_per_s": episodes / seconds,
         "episodes": episodes,
         "seconds": seconds,
+        # this process's CPU time: with 0 workers, all of the loading (a per-core rate that a
+        # busy shared machine does not distort the way it distorts wall time)
+        "main_cpu_s_per_episode": cpu / episodes,
         "startup_s": startup,
     }
 
@@ -141,6 +144,7 @@ def main(argv=None) -> dict:
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--profile", type=int, default=0, help="cProfile this many episodes/setting")
     p.add_argument("--output", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s %(name)s] %(message)s")
     logger.setLevel(logging.INFO)
@@ -159,7 +163,7 @@ def main(argv=None) -> dict:
         "settings": {},
     }
     for name in args.settings:
-        opts = SETTINGS[name]
+        opts = SETTINGS[name] + list(args.opts)
         base = ["DATASETS.TRAIN", "('fsod_toy_train_base',)", "FSOD.SUPPORT.CACHE_DIR", cache]
         cfg = get_tiny_cfg(*base, *opts)
         t0 = time.perf_counter()
@@ -202,7 +206,12 @@ def main(argv=None) -> dict:
             print(f"{name:24s} {w:>7s} {v['episodes_per_s']:12.1f} {model_s:>11s} {ratio_s:>7s}")
     for name, e in results["settings"].items():
         if "profile" in e:
-            print(f"\n{name}: own time per episode (cProfile, main process)")
+            w0 = e["loader"].get("workers_0")
+            if w0:
+                print(f"\n{name}: {w0['main_cpu_s_per_episode'] * 1e3:.1f} CPU ms per episode "
+                      f"with 0 workers = {1 / w0['main_cpu_s_per_episode']:.1f} episodes/s per "
+                      "core")  # fmt: skip
+            print(f"{name}: own CPU time per episode (cProfile, main process)")
             for r in e["profile"]:
                 print(f"  {r['own_ms_per_episode']:7.2f} ms {r['calls_per_episode']:6.1f}x "
                       f"{r['function'][:80]}")  # fmt: skip

@@ -104,8 +104,10 @@ def _add_episode_config(cfg: CN) -> None:
     # has a positive class). Off for base training, on in the *_finetune configs.
     f.SUPPORT.QUERY_FALLBACK = False
     f.SUPPORT.CACHE_DIR = ""  # support-crop cache; "" -> OUTPUT_DIR/support_cache
-    # Encoding of cached crops: "jpg" (quality 95; ~5x smaller, for COCO-sized pools) or "png"
-    # (lossless: cached crops equal crop_support() exactly).
+    # Encoding of cached crops: "jpg" (quality 95; ~5x smaller, for COCO-sized pools), "png"
+    # (lossless: cached crops equal crop_support() exactly) or "raw" (decoded pixels, lossless:
+    # no JPEG/PNG decode per episode, the loader's largest cost at 384 px; ~8x the bytes of
+    # "jpg", for pools that fit in the page cache).
     f.SUPPORT.CACHE_FORMAT = "jpg"
 
     # Few-shot datasets declared from config (no Python needed): each entry is

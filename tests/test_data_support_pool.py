@@ -135,3 +135,17 @@ def test_unreadable_images_skipped_when_building(tmp_path, caplog):
     assert len(pool.bad_images) == 3 and "3 unreadable/missing images skipped" in caplog.text
     assert {pool.image_key(i) for i in range(len(pool))} == {"100", "104", "105"}
     assert os.path.isdir(tmp_path / "support_cache")
+
+
+def test_raw_cache_holds_the_same_crops_as_png(pool_data):
+    root, _ = pool_data
+    png = SupportPool.from_config(_cfg(root, "FSOD.SUPPORT.CACHE_FORMAT", "png"), "t_pool")
+    raw = SupportPool.from_config(_cfg(root, "FSOD.SUPPORT.CACHE_FORMAT", "raw"), "t_pool")
+    assert raw.cache_dir != png.cache_dir and len(raw) == len(png)
+    indices = list(range(len(png)))
+    (a, a_boxes), (b, b_boxes) = png.load_many(indices), raw.load_many(indices)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a_boxes, b_boxes)
+    assert b.shape == (len(png), png.size, png.size, 3)
+    with pytest.raises(ValueError, match="CACHE_FORMAT"):
+        SupportPool.from_config(_cfg(root, "FSOD.SUPPORT.CACHE_FORMAT", "bmp"), "t_pool")

@@ -107,8 +107,11 @@ class FsodRCNN(GeneralizedRCNN):
         return to_device(x, self.device)
 
     def _layout(self, x: Tensor) -> Tensor:
-        """Backbone input in the model's memory format (MODEL.FSOD.CHANNELS_LAST)."""
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        """Backbone input in the model's memory format (MODEL.FSOD.CHANNELS_LAST); loader
+        images arrive as channels-last views of HWC arrays and are laid out here, on the
+        device."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)
 
     def encode_supports(self, images: Tensor, boxes: Tensor) -> Tuple[Tensor, Tensor]:
         """Raw support crops (S, 3, H, W) and boxes (S, 4) -> per-shot RPN kernels (S, C) and
