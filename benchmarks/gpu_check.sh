@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
-# GPU benchmark check for a machine with one GPU and python3 + torch (CUDA), where neither
-# detectron2 nor fsod-d2 is installed and there may be no network. Under 8 minutes in all; the
-# log, the JSONs and the PNGs go to $OUT (default benchmarks/results/gpu_check).
+# GPU check of fsod-d2's training and inference speed on one GPU, in under 8 minutes.
 #
-#   1. Prepare, once, on any machine with network (both folders are untracked):
-#        DETECTRON2_SRC=/path/to/detectron2 bash benchmarks/gpu_check.sh --prepare
-#      -> .whl/    wheels of detectron2's pure-Python dependencies that a bare torch image lacks
-#                  (for Python $PYVER, default 3.12; the exact commands are below).
-#      -> .d2src/  detectron2's Python sources (no compiled _C: the model does not need it).
-#   2. Copy the repository with both folders to the GPU machine and run, from its root:
-#        bash benchmarks/gpu_check.sh
-#   3. CPU rehearsal of the same path (install, imports without detectron2._C, both benchmarks,
-#      plots) on the tiny config, 1 step per case, about 3 minutes:
-#        bash benchmarks/gpu_check.sh --dry-run
-#      (WHEEL_DIR=... selects wheels built for this machine's Python, see --prepare / PYVER).
+# Needs python3 with torch (CUDA build) on a machine with one GPU. detectron2's Python sources
+# and its pure-Python dependencies are used from the repository's .d2src/ and .whl/ folders
+# when present (for machines without network; nothing is compiled), else from the installed
+# packages.
 #
-# What runs: benchmarks/train_throughput.py on R-50-C4, 5-way 3-shot, 384 px supports, query
-# shorter side 600: fp32 vs AMP (fp16 + GradScaler), batched vs the per-class loop (same
-# weights), FrozenBN folded vs not (batched_unfolded), early vs late RPN conditioning, 1 and 8
-# episodes per step, then N/K/support-size sweeps while its time budget lasts; then
-# benchmarks/inference_scaling.py --configs R50-C4, the plots and a summary table.
+#   bash benchmarks/gpu_check.sh --prepare   # once, on a machine with network: fills .whl/
+#                                             # (wheels for Python $PYVER, default 3.12) and
+#                                             # .d2src/ (from $DETECTRON2_SRC, a detectron2
+#                                             # checkout); both are gitignored, copy them along
+#   bash benchmarks/gpu_check.sh             # on the GPU machine, from the repository root
+#   bash benchmarks/gpu_check.sh --dry-run   # the same path on CPU with the tiny config (~3 min)
+#
+# What runs (R-50-C4, 5-way 3-shot, 384 px supports, queries 440-600 px, random weights with
+# FrozenBN statistics calibrated on a photo):
+#   1. benchmarks/train_throughput.py: training step on prefetched episodes, fp32 vs AMP
+#      (float16 + GradScaler), batched vs the per-class loop, FrozenBN folded vs not, early vs
+#      late RPN conditioning, 1 and 8 episodes per step, then sweeps while its budget lasts;
+#   2. benchmarks/train_e2e.py: the real trainer (FsodTrainer, loader workers included) on the
+#      toy dataset at 8 and 16 episodes per iteration, float16 and bfloat16: episodes/min, GPU
+#      utilization, divergence;
+#   3. benchmarks/count_syncs.py: a profiled 8-episode float16 step: CUDA time, host syncs
+#      (cudaStreamSynchronize), kernel launches, top kernels;
+#   4. benchmarks/inference_scaling.py: inference cost vs number of classes.
+# Output (at most 8 files) in $OUT (default benchmarks/results/gpu_check): gpu_check.log,
+# train_throughput.json/.png, train_e2e.json, count_syncs_gpu.json,
+# inference_scaling.json/.png; a summary ends the log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -29,8 +36,8 @@ D2SRC=${D2SRC:-.d2src}
 PYVER=${PYVER:-3.12}
 PY=${PYTHON:-python3}
 
-# detectron2's run-time needs that a bare torch image lacks (numpy, opencv, pyyaml, tabulate,
-# cloudpickle, matplotlib, pillow, portalocker, tqdm, psutil and scikit-image are expected).
+# detectron2's run-time needs that a bare torch image may lack (numpy, opencv, pyyaml, tabulate,
+# cloudpickle, matplotlib, pillow, portalocker, tqdm, psutil, scikit-image are there).
 # pycocotools: detectron2.structures imports pycocotools.mask. hydra-core is not needed.
 BINARY_WHEELS=(termcolor==3.3.0 yacs==0.1.8 iopath==0.1.9 omegaconf==2.3.1 pycocotools==2.0.11)
 SDIST_ONLY=(fvcore==0.1.5.post20221221 antlr4-python3-runtime==4.9.3)  # pure Python: built here
@@ -64,6 +71,8 @@ if [ "$MODE" != "run" ] && [ "$MODE" != "--dry-run" ]; then
 fi
 
 OUT=${OUT:-$ROOT/benchmarks/results/gpu_check}
+# the toy dataset of the end-to-end run goes to a scratch folder unless one is given
+export DETECTRON2_DATASETS=${DETECTRON2_DATASETS:-$(mktemp -d -t fsod_datasets.XXXX)}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 START=$SECONDS
@@ -92,19 +101,35 @@ echo "setup: $((SECONDS - START)) s"
 if [ "$MODE" = "--dry-run" ]; then  # CPU, tiny config: exercises every code path, 1 step each
     TRAIN=(--device cpu --configs tiny --support-sizes 64 --query-size 128 --amp both
            --amp-dtype bf16 --ims-per-batch 1 2 --sweeps tiny --sweep-ways 1 5 --sweep-shots 1 3
-           --sweep-sizes 64 96 --warmup 0 --iters 1 --isolate never --time-budget 120)
+           --sweep-sizes 64 96 --warmup 0 --iters 1 --isolate never --time-budget 60)
+    E2E=(--device cpu --config tiny --support-size 0 --ims-per-batch 2 4 --iters 2 --warmup 1
+         --workers 1 --toy-images 40)
+    SYNCS=(--device cpu --config-file configs/quick_schedules/fsod_tiny_cpu.yaml --amp bf16
+           --episodes 1 4)
     INFER=(--device cpu --configs tiny --classes 1 5 --shots 1 3 --repeats 1)
+    LIMITS=(400 400 300 300)  # seconds; shared CPUs are slow, no 8-minute bound here
 else
     TRAIN=(--configs R50-C4 --support-sizes 384 --amp both --ims-per-batch 1 8
            --sweeps R50-C4 --sweep-ways 1 3 5 10 --sweep-shots 1 3 5 10
-           --sweep-sizes 256 320 384 512 --time-budget 220)
+           --sweep-sizes 256 320 384 512 --time-budget 100)
+    E2E=(--config R50-C4 --ims-per-batch 8 16 --amp-dtypes float16 bfloat16 --iters 20
+         --warmup 8 --time-budget 120)
+    SYNCS=(--device cuda --config-file configs/Base-FSOD-C4.yaml --calibrate --amp fp16
+           --episodes 8 --steps 3 FSOD.SUPPORT.SIZE 384)
     INFER=(--configs R50-C4)
+    LIMITS=(150 170 60 60)  # seconds: train_throughput, train_e2e, count_syncs, inference
 fi
-# the time budget stops starting new cases; timeout is the backstop (JSON is saved per case)
-timeout 330 "$PY" -m benchmarks.train_throughput --ways-shots 5x3 --rpn early late --procs 1 \
+# the time budgets stop starting new cases; timeouts are the backstop (JSON saved per case)
+timeout "${LIMITS[0]}" "$PY" -m benchmarks.train_throughput --ways-shots 5x3 --rpn early late --procs 1 \
     --unfolded "${TRAIN[@]}" --out-dir "$OUT" || echo "train_throughput exited with $?"
 echo "train_throughput done: $((SECONDS - START)) s"
-timeout 150 "$PY" -m benchmarks.inference_scaling "${INFER[@]}" --out-dir "$OUT" \
+timeout "${LIMITS[1]}" "$PY" -m benchmarks.train_e2e "${E2E[@]}" --out-dir "$OUT" \
+    || echo "train_e2e exited with $?"
+echo "train_e2e done: $((SECONDS - START)) s"
+timeout "${LIMITS[2]}" "$PY" -m benchmarks.count_syncs "${SYNCS[@]}" --name count_syncs_gpu --out-dir "$OUT" \
+    || echo "count_syncs exited with $?"
+echo "count_syncs done: $((SECONDS - START)) s"
+timeout "${LIMITS[3]}" "$PY" -m benchmarks.inference_scaling "${INFER[@]}" --out-dir "$OUT" \
     || echo "inference_scaling exited with $?"
 echo "inference_scaling done: $((SECONDS - START)) s"
 "$PY" -m benchmarks.plots "$OUT" || true
@@ -128,6 +153,31 @@ if t.is_file():
     for k in ("skipped", "failed"):
         if d.get(k):
             print(k, len(d[k]), d[k][:3])
+e = out / "train_e2e.json"
+if e.is_file():
+    for r in json.loads(e.read_text())["runs"]:
+        if "skipped" in r:
+            print(f"e2e B{r['ims_per_batch']} {r['amp_dtype']}: skipped (time budget)")
+            continue
+        util = r.get("gpu_util_percent")
+        state = "DIVERGED " + r.get("error", "") if r.get("diverged") else r.get("error", "ok")
+        print(f"e2e {r['config']} B{r['ims_per_batch']} {r['amp_dtype']:8} workers {r['workers']}: "
+              f"{r.get('episodes_per_min', float('nan')):8.1f} ep/min, GPU util "
+              f"{util if util is not None else float('nan'):.0f} %, {state[:80]}")
+c = out / "count_syncs_gpu.json"
+if c.is_file():
+    for r in json.loads(c.read_text())["rows"]:
+        line = f"profile B{r['episodes']}: {r['syncs']:g} sync ops, {r['aten_ops']:g} aten ops"
+        if "cuda" in r:
+            k = r["cuda"]
+            calls = k["runtime_calls_per_step"]
+            line += (f"; CUDA {k['cuda_ms_per_step']:.1f} ms / wall {r['wall_ms_per_step']:.1f} ms;"
+                     f" cudaStreamSynchronize {calls.get('cudaStreamSynchronize', 0):g},"
+                     f" launches {calls.get('cudaLaunchKernel', 0):g},"
+                     f" memcpy {calls.get('cudaMemcpyAsync', 0):g} per step")
+            for t in k["top_kernels"][:5]:
+                line += f"\n  {t['ms_per_step']:7.2f} ms/step {t['kernel'][:90]}"
+        print(line)
 i = out / "inference_scaling.json"
 if i.is_file():
     d = json.loads(i.read_text())

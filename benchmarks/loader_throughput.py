@@ -37,7 +37,46 @@ logger = logging.getLogger("fsod_d2.benchmarks.loader")
 SETTINGS = {  # name -> config overrides on top of the tiny CPU config
     "tiny": [],
     "support320_5way3shot": ["FSOD.SUPPORT.SIZE", "320", "FSOD.N_WAY", "5", "FSOD.K_SHOT", "3"],
+    # the GPU headline: 384 px supports, queries resized to a 600 px shorter side
+    "headline_s384_q600": [
+        "FSOD.SUPPORT.SIZE",
+        "384",
+        "FSOD.N_WAY",
+        "5",
+        "FSOD.K_SHOT",
+        "3",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(600,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "1000",
+    ],  # fmt: skip
 }
+
+
+def profile_mapper(cfg, episodes: int, top: int = 12) -> list:
+    """cProfile of building ``episodes`` episodes in this process (decode, resize, crops...):
+    the functions with the most own time, in ms per episode."""
+    import cProfile
+    import pstats
+
+    loader = build_episodic_train_loader(cfg)
+    dataset = loader.dataset
+    for g in range(3):  # warm: file handles, first decodes
+        dataset[g]
+    prof = cProfile.Profile(time.process_time)  # CPU time: robust to other load
+    prof.enable()
+    for g in range(3, 3 + episodes):
+        dataset[g]
+    prof.disable()
+    stats = pstats.Stats(prof)
+    rows = []
+    for (file, line, name), (_, calls, own, cum, _) in stats.stats.items():
+        where = f"{Path(file).name}:{line}({name})" if line else name
+        rows.append({"function": where, "calls_per_episode": calls / episodes,
+                     "own_ms_per_episode": own * 1e3 / episodes,
+                     "cum_ms_per_episode": cum * 1e3 / episodes})  # fmt: skip
+    rows.sort(key=lambda r: -r["own_ms_per_episode"])
+    return rows[:top]
 
 
 def loader_episode_rate(cfg, iters: int, warmup: int = 3) -> dict:
@@ -48,14 +87,17 @@ def loader_episode_rate(cfg, iters: int, warmup: int = 3) -> dict:
     for _ in range(warmup):  # worker start-up and the first prefetches are not steady state
         next(it)
     startup = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     episodes = sum(len(next(it)) for _ in range(iters))
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     del it
     return {
         "episodes_per_s": episodes / seconds,
         "episodes": episodes,
         "seconds": seconds,
+        # this process's CPU time: with 0 workers, all of the loading (a per-core rate that a
+        # busy shared machine does not distort the way it distorts wall time)
+        "main_cpu_s_per_episode": cpu / episodes,
         "startup_s": startup,
     }
 
@@ -103,6 +145,9 @@ def main(argv=None) -> dict:
         default=os.environ.get("FSOD_BENCH_OUT", str(REPO / "benchmarks" / "results")),
         help="where loader_throughput.json goes (default $FSOD_BENCH_OUT or benchmarks/results)",
     )
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--profile", type=int, default=0, help="cProfile this many episodes/setting")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s %(name)s] %(message)s")
     logger.setLevel(logging.INFO)
@@ -120,7 +165,8 @@ def main(argv=None) -> dict:
         "dataset": {"name": "fsod_toy_train_base", **toy["stats"]},
         "settings": {},
     }
-    for name, opts in SETTINGS.items():
+    for name in args.settings:
+        opts = SETTINGS[name] + list(args.opts)
         base = ["DATASETS.TRAIN", "('fsod_toy_train_base',)", "FSOD.SUPPORT.CACHE_DIR", cache]
         cfg = get_tiny_cfg(*base, *opts)
         t0 = time.perf_counter()
@@ -138,6 +184,8 @@ def main(argv=None) -> dict:
             wcfg = get_tiny_cfg(*base, *opts, "DATALOADER.NUM_WORKERS", str(w))
             entry["loader"][f"workers_{w}"] = r = loader_episode_rate(wcfg, args.iters)
             logger.info("%s, %d workers: %.1f episodes/s", name, w, r["episodes_per_s"])
+        if args.profile:
+            entry["profile"] = profile_mapper(cfg, args.profile)
         if not args.no_model:
             try:
                 entry["model"] = measure_model_episode_rate(cfg, args.model_iters)
@@ -159,6 +207,17 @@ def main(argv=None) -> dict:
             ratio_s = f"{ratio:.1f}x" if ratio else "-"
             w = k.split("_")[1]
             print(f"{name:24s} {w:>7s} {v['episodes_per_s']:12.1f} {model_s:>11s} {ratio_s:>7s}")
+    for name, e in results["settings"].items():
+        if "profile" in e:
+            w0 = e["loader"].get("workers_0")
+            if w0:
+                print(f"\n{name}: {w0['main_cpu_s_per_episode'] * 1e3:.1f} CPU ms per episode "
+                      f"with 0 workers = {1 / w0['main_cpu_s_per_episode']:.1f} episodes/s per "
+                      "core")  # fmt: skip
+            print(f"{name}: own CPU time per episode (cProfile, main process)")
+            for r in e["profile"]:
+                print(f"  {r['own_ms_per_episode']:7.2f} ms {r['calls_per_episode']:6.1f}x "
+                      f"{r['function'][:80]}")  # fmt: skip
     os.makedirs(args.out_dir, exist_ok=True)
     out = os.path.join(args.out_dir, "loader_throughput.json")
     with open(out, "w") as f:

@@ -116,6 +116,9 @@ def _add_model_config(cfg: CN) -> None:
     # Run conv + FrozenBatchNorm pairs (ResNet) as one convolution with the norm folded into the
     # weights: same parameters, checkpoints and outputs; saves the norm's elementwise passes.
     m.FOLD_FROZEN_BN = True
+    # Parameters and backbone inputs in channels-last memory format (cuDNN's NHWC kernels without
+    # layout transposes). Off: not measured faster on a GPU here yet.
+    m.CHANNELS_LAST = False
 
     # ---- Testing and benchmark knobs (not for production configs) ----
     # Benchmark/test reference: run each class's branch separately in a Python loop
@@ -162,8 +165,10 @@ def _add_episode_config(cfg: CN) -> None:
     # <root>/<datasets>-<hash of crop settings and annotations>, built once (atomically, by one
     # process). "" -> $FSOD_SUPPORT_CACHE if set, else $DETECTRON2_DATASETS/.fsod_support_cache.
     f.SUPPORT.CACHE_DIR = ""
-    # Encoding of cached crops: "jpg" (quality 95; ~5x smaller, for COCO-sized pools) or "png"
-    # (lossless: cached crops equal crop_support() exactly).
+    # Encoding of cached crops: "jpg" (quality 95; ~5x smaller, for COCO-sized pools), "png"
+    # (lossless: cached crops equal crop_support() exactly) or "raw" (decoded pixels, lossless:
+    # no JPEG/PNG decode per episode, the loader's largest cost at 384 px; ~8x the bytes of
+    # "jpg", for pools that fit in the page cache).
     f.SUPPORT.CACHE_FORMAT = "jpg"
 
     # Few-shot datasets declared from config (no Python needed): each entry is
@@ -187,3 +192,6 @@ def _add_engine_config(cfg: CN) -> None:
     # models from scratch much faster (demo); the paper setting uses SGD.
     e.OPTIMIZER = "SGD"
     e.ADAMW_BETAS = (0.9, 0.999)  # AdamW only
+    # Autocast dtype when SOLVER.AMP.ENABLED: "auto" (bfloat16 on GPUs that support it, else
+    # float16 with loss scaling), "bfloat16" or "float16". On CPU always bfloat16.
+    e.AMP_DTYPE = "auto"

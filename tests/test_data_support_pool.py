@@ -209,3 +209,15 @@ def test_a_sampling_rule_is_one_registered_class(pool_data):
 def _areas(pool, c):
     b = pool.src_boxes[pool.available(c)]
     return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+def test_raw_cache_holds_the_same_crops_as_png(pool_data):
+    root, _ = pool_data
+    png = SupportPool.from_config(_cfg(root, "FSOD.SUPPORT.CACHE_FORMAT", "png"), "t_pool")
+    raw = SupportPool.from_config(_cfg(root, "FSOD.SUPPORT.CACHE_FORMAT", "raw"), "t_pool")
+    assert raw.cache_dir != png.cache_dir and len(raw) == len(png)
+    indices = list(range(len(png)))
+    (a, a_boxes), (b, b_boxes) = png.load_many(indices), raw.load_many(indices)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a_boxes, b_boxes)
+    assert b.shape == (len(png), png.size, png.size, 3)
+    with pytest.raises(ValueError, match="CACHE_FORMAT"):
+        SupportPool.from_config(_cfg(root, "FSOD.SUPPORT.CACHE_FORMAT", "bmp"), "t_pool")

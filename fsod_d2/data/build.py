@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetFromList,
@@ -272,5 +273,7 @@ def build_episodic_train_loader(
         total,
         aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
+        # page-locked batches: the model copies them to the GPU without blocking
+        pin_memory=torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"),
     )
     return EpisodicTrainLoader(data_loader, sampler, dataset)

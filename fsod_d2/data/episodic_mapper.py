@@ -189,16 +189,16 @@ class EpisodicDatasetMapper:
         ]
         instances = utils.filter_empty_instances(utils.annotations_to_instances(annos, image_shape))
         self._count("episodes")
+        # CHW views of the HWC arrays (channels-last strides): no transposing copy on the
+        # host; the model converts them on the device
         return {
-            "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
             "height": d["height"],
             "width": d["width"],
             "image_id": d["image_id"],
             "file_name": file_name,
             "instances": instances,
-            "support_images": torch.from_numpy(
-                np.ascontiguousarray(supports.transpose(0, 3, 1, 2))
-            ),
+            "support_images": torch.from_numpy(np.ascontiguousarray(supports)).permute(0, 3, 1, 2),
             "support_boxes": torch.from_numpy(boxes.astype(np.float32)),
             "support_classes": torch.as_tensor(classes, dtype=torch.long),
         }

@@ -44,6 +44,7 @@ from ..modeling.support import PrototypeSet, StalePrototypeError, support_finger
 from ..utils.files import atomic_write
 from .checks import check_config, support_dataset_required
 from .hooks import GPUStatsHook, ThroughputHook, explain_oom
+from .precision import needs_grad_scaler, resolve_amp_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,13 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 # ---------------------------------------------------------------------------- trainers
 class FsodAMPTrainer(AMPTrainer):
     """:class:`AMPTrainer` that also runs on CPU: bfloat16 autocast there (which needs no
-    loss scaling); on CUDA it is detectron2's float16 AMP with a GradScaler."""
+    loss scaling); on CUDA detectron2's AMP in ``precision`` (``FSOD.ENGINE.AMP_DTYPE``, see
+    :func:`fsod_d2.engine.precision.resolve_amp_dtype`), with a GradScaler for float16 only."""
+
+    def __init__(self, model, data_loader, optimizer, precision: torch.dtype = torch.float16):
+        device = next(model.parameters()).device.type
+        scaler = torch.amp.GradScaler(device, enabled=needs_grad_scaler(precision, device))
+        super().__init__(model, data_loader, optimizer, grad_scaler=scaler, precision=precision)
 
     def run_step(self):
         if next(self.model.parameters()).device.type == "cuda":
@@ -107,7 +114,9 @@ class FsodTrainer(DefaultTrainer):
             super().__init__(cfg)
         if cfg.SOLVER.AMP.ENABLED:  # detectron2's AMPTrainer asserts CUDA
             t = self._trainer
-            self._trainer = FsodAMPTrainer(t.model, t.data_loader, t.optimizer)
+            dtype = resolve_amp_dtype(cfg.FSOD.ENGINE.AMP_DTYPE, cfg.MODEL.DEVICE)
+            logger.info("Mixed precision: %s autocast", dtype)
+            self._trainer = FsodAMPTrainer(t.model, t.data_loader, t.optimizer, precision=dtype)
         if cfg.SEED >= 0:
             # Seed right before the forward pass, after the batch was fetched: the loader
             # draws from torch's RNG when its first batch is loaded, which a resumed run does

@@ -13,6 +13,7 @@ from .attention_rpn import AttentionRPN, AttentionRPNHead
 from .fold_bn import fold_frozen_bn
 from .relation_head import MultiRelationROIHeads
 from .support import PrototypeSet, StalePrototypeError, support_fingerprint, weights_fingerprint
+from .transfer import instances_to_device, to_device
 
 
 @META_ARCH_REGISTRY.register()
@@ -39,6 +40,7 @@ class FsodRCNN(GeneralizedRCNN):
         shared_proposals: bool = True,
         per_class_reference: bool = False,
         fold_bn: bool = True,
+        channels_last: bool = False,
         **kwargs,
     ):
         """
@@ -49,6 +51,7 @@ class FsodRCNN(GeneralizedRCNN):
                 reference); the same outputs as ``shared_proposals=False``, only slower.
             fold_bn: run each conv + FrozenBatchNorm as one convolution (see
                 :mod:`fsod_d2.modeling.fold_bn`); same weights and outputs, faster.
+            channels_last: keep parameters and backbone inputs in channels-last memory format.
             kwargs: see :class:`GeneralizedRCNN`; ``proposal_generator`` must be an
                 :class:`AttentionRPN` with an :class:`AttentionRPNHead`, ``roi_heads`` a
                 :class:`MultiRelationROIHeads` (or subclasses).
@@ -68,6 +71,9 @@ class FsodRCNN(GeneralizedRCNN):
         self.per_class_reference = per_class_reference
         if fold_bn:
             fold_frozen_bn(self)
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
         self.prototypes: Optional[PrototypeSet] = None
         rpn_features = list(self.proposal_generator.in_features)
         roi_features = list(self.roi_heads.in_features)
@@ -85,6 +91,7 @@ class FsodRCNN(GeneralizedRCNN):
         ret["shared_proposals"] = cfg.MODEL.FSOD.SHARED_PROPOSALS
         ret["per_class_reference"] = cfg.MODEL.FSOD.PER_CLASS_REFERENCE
         ret["fold_bn"] = cfg.MODEL.FSOD.FOLD_FROZEN_BN
+        ret["channels_last"] = cfg.MODEL.FSOD.CHANNELS_LAST
         return ret
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
@@ -97,13 +104,25 @@ class FsodRCNN(GeneralizedRCNN):
 
     # ------------------------------------------------------------------ supports
     def _normalize(self, images: Tensor) -> Tensor:
-        return (images.to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
+        """uint8 images -> normalized float on the device (converted after the copy)."""
+        images = (to_device(images, self.device).float() - self.pixel_mean) / self.pixel_std
+        return self._layout(images)
+
+    def _move_to_current_device(self, x: Tensor) -> Tensor:
+        return to_device(x, self.device)
+
+    def _layout(self, x: Tensor) -> Tensor:
+        """Backbone input in the model's memory format (MODEL.FSOD.CHANNELS_LAST); loader
+        images arrive as channels-last views of HWC arrays and are laid out here, on the
+        device."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)
 
     def encode_supports(self, images: Tensor, boxes: Tensor) -> Tuple[Tensor, Tensor]:
         """Raw support crops (S, 3, H, W) and boxes (S, 4) -> per-shot RPN kernels (S, C) and
         ROI features (S, C5, h, w)."""
         features = self.backbone(self._normalize(images))[self.feature_name]
-        pooled = self.roi_heads.pool_supports(features, boxes.to(self.device, torch.float32))
+        pooled = self.roi_heads.pool_supports(features, to_device(boxes, self.device).float())
         kernels = self.proposal_generator.support_kernels(pooled)
         return kernels, self.roi_heads.support_prototypes(pooled)
 
@@ -179,7 +198,7 @@ class FsodRCNN(GeneralizedRCNN):
         if not self.training:
             return self.inference(batched_inputs)
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
+        features = self.backbone(self._layout(images.tensor))
         kernels, shot_rois = self._episode_prototypes(batched_inputs)
         prototypes = shot_rois.mean(2)
         losses = {}
@@ -191,8 +210,9 @@ class FsodRCNN(GeneralizedRCNN):
                     "with thing_classes before building the model"
                 )
             losses["loss_base_cls"] = self._base_class_loss(features, shot_rois, batched_inputs)
+        # relabelled where the loader left them (host), then copied without blocking
         targets = [
-            _episode_targets(x["instances"].to(self.device), x["support_classes"].to(self.device))
+            instances_to_device(_episode_targets(x["instances"], x["support_classes"]), self.device)
             for x in batched_inputs
         ]
         if not self.per_class_reference:
@@ -262,9 +282,8 @@ class FsodRCNN(GeneralizedRCNN):
         targets: List[Instances],
     ) -> Dict[str, Tensor]:
         num_classes = kernels.shape[1]
-        rpn_targets = [_class_targets(t, n) for t in targets for n in range(num_classes)]
         proposals, rpn_losses = self.proposal_generator(
-            images, features, kernels, rpn_targets, merge_classes=self.shared_proposals
+            images, features, kernels, targets, merge_classes=self.shared_proposals
         )
         if not self.shared_proposals:
             proposals = _group_by_image(proposals, num_classes)
@@ -288,7 +307,7 @@ class FsodRCNN(GeneralizedRCNN):
                 "(tools/predict.py and the evaluator do this)"
             )
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
+        features = self.backbone(self._layout(images.tensor))
         num_images = len(images)
         kernels = self.prototypes.rpn_kernels[None].expand(num_images, -1, -1)
         rois = self.prototypes.roi_prototypes[None].expand(num_images, -1, -1, -1, -1)
@@ -336,11 +355,12 @@ def _check_component(module, expected: type, key: str, default: str) -> None:
 
 
 def _episode_targets(instances: Instances, support_classes: Tensor) -> Instances:
-    """Keep the ground truth of the episode's classes; relabel to episode indices 0..N-1."""
+    """Relabel the ground truth to episode indices 0..N-1; boxes of other classes get -1
+    (ignored downstream). No boolean indexing: the box count stays a shape (no host sync)."""
+    support_classes = support_classes.to(instances.gt_classes.device)
     match = instances.gt_classes[:, None] == support_classes[None, :]
-    keep = match.any(dim=1)
-    out = instances[keep]
-    out.gt_classes = match[keep].float().argmax(dim=1)
+    out = Instances(instances.image_size, gt_boxes=instances.gt_boxes)
+    out.gt_classes = torch.where(match.any(dim=1), match.float().argmax(dim=1), -1)
     return out
 
 

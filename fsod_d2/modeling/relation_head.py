@@ -20,12 +20,14 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.layers import ShapeSpec, cat
-from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
+from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
-from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.structures import Boxes, Instances
 from torch import Tensor, nn
 
+from . import pair_sampling
+from .batched_rpn import masked_box_loss, read_host
 from .relations import MultiRelation, build_relations
 from .torchvision_backbone import build_torchvision_roi_stage, uses_torchvision_backbone
 
@@ -158,7 +160,9 @@ class MultiRelationROIHeads(Res5ROIHeads):
     def pool_supports(self, features: Tensor, boxes: Tensor) -> Tensor:
         """Support crops' backbone map (S, C, H, W) and object boxes (S, 4) -> the ROI-pooled
         map of each object (S, C, r, r); input of the RPN kernels and of the prototypes."""
-        return self.pooler([features], [Boxes(b[None]) for b in boxes])
+        image_idx = torch.arange(len(boxes), device=boxes.device)  # one crop per image
+        rois = pair_sampling.pooler_rois(image_idx, boxes.to(features.dtype))
+        return self.pooler.level_poolers[0](features, rois)
 
     def support_prototypes(self, pooled: Tensor) -> Tensor:
         """Pooled support maps (S, C, r, r) -> per-shot ROI features (S, C5, h, w)."""
@@ -216,51 +220,61 @@ class MultiRelationROIHeads(Res5ROIHeads):
         return x, self.relation.embed_queries(x)
 
     def _forward_train(self, features, proposals, prototypes, targets):
-        num_classes = prototypes.shape[1]
-        sampled_boxes, pair_boxes, pair_classes, pair_labels = [], [], [], []
-        reg_targets, reg_boxes_idx, fg_classes = [], [], []
-        offset = 0
-        for b, (props, tgt) in enumerate(zip(proposals, targets)):
-            boxes, ri, ci, labels, matched_gt, fg = self._label_and_sample_pairs(
-                props, tgt, num_classes
-            )
-            # ROI features once per unique sampled box
-            uniq, inverse = torch.unique(ri, return_inverse=True)
-            sampled_boxes.append(Boxes(boxes[uniq]))
-            pair_boxes.append(inverse + offset)
-            pair_classes.append(ci + b * num_classes)
-            pair_labels.append(labels)
-            fg_u = fg[uniq]
-            reg_boxes_idx.append(torch.nonzero(fg_u).squeeze(1) + offset)
-            reg_targets.append(tgt.gt_boxes.tensor[matched_gt[uniq][fg_u]])
-            fg_classes.append(tgt.gt_classes[matched_gt[uniq][fg_u]] + b * num_classes)
-            offset += len(uniq)
-
-        x, q = self._roi_embeddings(features, sampled_boxes)
+        """All images at once: pairs sampled as tensors, ROI features once per sampled box of
+        the batch, masked losses; one host read (how many boxes and pairs were sampled)."""
+        num_images, num_classes = prototypes.shape[:2]
+        pairs = self._label_and_sample_pairs(proposals, targets, num_classes)
+        num_cands = pairs.boxes.shape[1]
+        used, rows = pair_sampling.used_boxes(pairs)
+        num_rois, num_pairs = read_host(torch.stack([used.sum(), pairs.valid.sum()]))
+        roi_idx = pair_sampling.first_true(used.flatten(), num_rois)  # (image, candidate) rows
+        roi_boxes = pairs.boxes.flatten(0, 1)[roi_idx]
+        x = self._roi_features(features, roi_idx // num_cands, roi_boxes)
+        q = self.relation.embed_queries(x)
         s = self.relation.embed_supports(prototypes.flatten(0, 1))
-        logits = self.relation(q, s, cat(pair_boxes), cat(pair_classes))
-        labels = cat(pair_labels).to(logits.dtype)
+
+        slot = pair_sampling.first_true(pairs.valid.flatten(), num_pairs)
+        image = torch.arange(num_images, device=slot.device)[:, None]
+        qi = rows.gather(1, pairs.box_idx).flatten()[slot]
+        si = (image * num_classes + pairs.classes).flatten()[slot]
+        logits = self.relation(q, s, qi, si)
+        labels = pairs.labels.flatten()[slot].to(logits.dtype)
         loss_match = F.binary_cross_entropy_with_logits(logits, labels, reduction="mean")
 
-        fg_idx = cat(reg_boxes_idx)
-        deltas = self.box_regressor(x[fg_idx].flatten(1))
-        proposal_boxes = cat([sb.tensor for sb in sampled_boxes])[fg_idx]
-        fg_mask = torch.ones(1, len(fg_idx), dtype=torch.bool, device=deltas.device)
-        loss_box = _dense_box_regression_loss(
-            [Boxes(proposal_boxes)],
+        fg = pairs.fg.flatten()[roi_idx]
+        deltas = self.box_regressor(x.flatten(1))
+        loss_box = masked_box_loss(
             self.box2box_transform,
-            [deltas[None]],
-            [cat(reg_targets)],
-            fg_mask,
-            box_reg_loss_type=self.box_reg_loss_type,
-            smooth_l1_beta=self.smooth_l1_beta,
-        ) / max(offset, 1)
+            roi_boxes,
+            deltas.float(),
+            pairs.matched_boxes.flatten(0, 1)[roi_idx],
+            fg,
+            self.box_reg_loss_type,
+            self.smooth_l1_beta,
+        ) / max(num_rois, 1)
         losses = {"loss_match": loss_match, "loss_box_reg": loss_box}
         if "loss_class_contrast" in self.loss_weights:
+            fg_idx = torch.nonzero(fg).squeeze(1)  # a host sync, with this optional loss only
+            fg_classes = (
+                pairs.matched_classes.flatten()[roi_idx] + (roi_idx // num_cands) * num_classes
+            )
             losses["loss_class_contrast"] = self._class_contrast_loss(
-                q, s, fg_idx, cat(fg_classes), num_classes
+                q, s, fg_idx, fg_classes[fg_idx], num_classes
             )
         return {k: v * self.loss_weights[k] for k, v in losses.items()}
+
+    def _roi_features(self, features: Dict[str, Tensor], image_idx: Tensor, boxes: Tensor):
+        """res5 features of (M, 4) boxes in images ``image_idx`` (M,): the pooler's single
+        level called on the ROI format directly (detectron2's pooler splits box lists per
+        image, a host sync)."""
+        if len(self.pooler.level_poolers) != 1:
+            raise ValueError(
+                "MultiRelationROIHeads needs one feature map (C4 layout): MODEL.ROI_HEADS."
+                f"IN_FEATURES={self.in_features}"
+            )
+        feature = features[self.in_features[0]]
+        rois = pair_sampling.pooler_rois(image_idx, boxes.to(feature.dtype))
+        return self.res5(self.pooler.level_poolers[0](feature, rois))
 
     def _class_contrast_loss(self, q, s, fg_idx: Tensor, fg_classes: Tensor, num_classes: int):
         """Cross-entropy of each foreground ROI over the N classes of its episode: which of
@@ -273,53 +287,25 @@ class MultiRelationROIHeads(Res5ROIHeads):
         logits = self.relation(q, s, qi, si).view(-1, num_classes)
         return F.cross_entropy(logits, fg_classes % num_classes)
 
-    @torch.no_grad()
-    def _label_and_sample_pairs(self, props: Instances, tgt: Instances, num_classes: int):
-        """Candidate (box, class) pairs of one image, labelled and sampled by type.
+    def _label_and_sample_pairs(
+        self, proposals: List[Instances], targets: List[Instances], num_classes: int
+    ) -> pair_sampling.SampledPairs:
+        """Candidate (box, class) pairs of all images, labelled and sampled by type
+        (:func:`fsod_d2.modeling.pair_sampling.label_and_sample_pairs`).
 
         Candidates: every proposal with its own class (``proposal_classes``) or with all
         classes, plus every ground-truth box with all classes. Types: positive (IoU >= the
         ROI_HEADS threshold with a box of that class), background (class present in the image,
         box does not match it), negative-class (class absent from the image).
         """
-        device = tgt.gt_boxes.device
-        gt_boxes, gt_classes = tgt.gt_boxes, tgt.gt_classes
-        boxes = cat([props.proposal_boxes.tensor, gt_boxes.tensor])
-        num_props, num_gt = len(props), len(gt_boxes)
-        all_classes = torch.arange(num_classes, device=device)
-        if props.has("proposal_classes"):
-            ri = cat(
-                [
-                    torch.arange(num_props, device=device),
-                    torch.arange(num_props, num_props + num_gt, device=device).repeat_interleave(
-                        num_classes
-                    ),
-                ]
-            )
-            ci = cat([props.proposal_classes, all_classes.repeat(num_gt)])
-        else:
-            ri = torch.arange(len(boxes), device=device).repeat_interleave(num_classes)
-            ci = all_classes.repeat(len(boxes))
-
-        if num_gt:
-            iou, matched = pairwise_iou(Boxes(boxes), gt_boxes).max(dim=1)
-        else:
-            iou = boxes.new_zeros(len(boxes))
-            matched = torch.zeros(len(boxes), dtype=torch.long, device=device)
-        fg = iou >= self.proposal_matcher.thresholds[1]
-        matched_class = gt_classes[matched] if num_gt else torch.full_like(matched, -1)
-        labels = fg[ri] & (matched_class[ri] == ci)
-        present = torch.zeros(num_classes, dtype=torch.bool, device=device)
-        present[gt_classes] = True
-        kinds = [labels, ~labels & present[ci], ~labels & ~present[ci]]
-
-        keep = []
-        for kind, frac in zip(kinds, self.pair_fractions):
-            idx = torch.nonzero(kind).squeeze(1)
-            n = min(len(idx), int(round(self.pairs_per_image * frac)))
-            keep.append(idx[torch.randperm(len(idx), device=device)[:n]])
-        keep = cat(keep)
-        return boxes, ri[keep], ci[keep], labels[keep], matched, fg
+        return pair_sampling.label_and_sample_pairs(
+            proposals,
+            targets,
+            num_classes,
+            self.proposal_matcher.thresholds[1],
+            self.pairs_per_image,
+            self.pair_fractions,
+        )
 
     @torch.no_grad()
     def _forward_test(self, features, proposals, prototypes):
