@@ -209,6 +209,8 @@ def test_a_sampling_rule_is_one_registered_class(pool_data):
 def _areas(pool, c):
     b = pool.src_boxes[pool.available(c)]
     return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+
 def test_raw_cache_holds_the_same_crops_as_png(pool_data):
     root, _ = pool_data
     png = SupportPool.from_config(_cfg(root, "FSOD.SUPPORT.CACHE_FORMAT", "png"), "t_pool")
