@@ -234,7 +234,7 @@ def test_patch_topk_pruning():
         return out
 
     unpruned = pairs()
-    cheap = pairs("MODEL.FSOD.PATCH_RELATION", False)
+    cheap = pairs("MODEL.FSOD.RELATIONS", "['GlobalRelation', 'LocalRelation']")
     num_classes = len(protos)
     assert unpruned.keys() == cheap.keys() and len(unpruned) > 5
     assert all(len(v) == num_classes for v in unpruned.values())
