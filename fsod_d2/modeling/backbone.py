@@ -36,6 +36,7 @@ class TinyBackbone(Backbone):
                 in_channels = width
         self.body = nn.Sequential(*layers)
         self._out_feature = out_feature
+        self._out_features = [out_feature]  # detectron2's Backbone.output_shape reads these
         self._out_feature_channels = {out_feature: out_channels}
         self._out_feature_strides = {out_feature: 2 ** len(widths)}
         for m in self.modules():
@@ -44,14 +45,6 @@ class TinyBackbone(Backbone):
 
     def forward(self, x):
         return {self._out_feature: self.body(x)}
-
-    def output_shape(self):
-        f = self._out_feature
-        return {
-            f: ShapeSpec(
-                channels=self._out_feature_channels[f], stride=self._out_feature_strides[f]
-            )
-        }
 
 
 @BACKBONE_REGISTRY.register()

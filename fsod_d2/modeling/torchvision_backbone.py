@@ -121,19 +121,12 @@ class TorchvisionC4Backbone(Backbone):
         with torch.no_grad():
             x = self.stages(torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE))
         self._out_feature = out_feature
+        self._out_features = [out_feature]  # detectron2's Backbone.output_shape reads these
         self._out_feature_channels = {out_feature: x.shape[1]}
         self._out_feature_strides = {out_feature: _PROBE_SIZE // x.shape[-1]}
 
     def forward(self, x):
         return {self._out_feature: self.stages(x)}
-
-    def output_shape(self):
-        f = self._out_feature
-        return {
-            f: ShapeSpec(
-                channels=self._out_feature_channels[f], stride=self._out_feature_strides[f]
-            )
-        }
 
 
 def _split(cfg) -> Split:
