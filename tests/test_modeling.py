@@ -105,6 +105,7 @@ def test_overfit_one_episode():
     assert last * 5 <= first, f"total loss {first:.3f} -> {last:.3f}, less than 5x lower"
 
 
+@pytest.mark.slow
 def test_support_swap_scores_the_right_class():
     """The score of a query follows its support. Two fixed episodes (one query with a square,
     one with a disc, both paired with supports of both classes) are fitted until the match loss
