@@ -450,8 +450,14 @@ def test_base_classifier_is_training_only():
 
 
 def test_base_classifier_without_class_count_names_the_keys():
-    with pytest.raises(ValueError, match="BASE_CLASSIFIER.NUM_CLASSES"):
-        _model("MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", 1.0, "DATASETS.TRAIN", ("not_registered",))
+    """Unknown class count: the model builds without the training-only head (inference works),
+    and training stops at its first step with the keys to set."""
+    unknown = _model(
+        "MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", 1.0, "DATASETS.TRAIN", ("not_registered",)
+    )
+    assert unknown.base_classifier is None
+    with EventStorage(0), pytest.raises(ValueError, match="BASE_CLASSIFIER.NUM_CLASSES"):
+        unknown.train()(_batch(get_tiny_cfg()))
     model = _model(
         "MODEL.FSOD.BASE_CLASSIFIER.WEIGHT", 1.0, "MODEL.FSOD.BASE_CLASSIFIER.NUM_CLASSES", 2
     ).train()
