@@ -169,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     logger.setLevel(logging.INFO)
 
     from fsod_d2.data.datasets import datasets_root
-    from fsod_d2.data.toy import generate_toy_dataset
+    from fsod_datagen.shapes import generate_toy_dataset
 
     generate_toy_dataset(
         os.path.join(datasets_root(), "fsod_toy"),
