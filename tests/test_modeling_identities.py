@@ -132,8 +132,8 @@ def _sampled_pairs(heads, features, prototypes, proposals, targets):
     is the label (0 gradient: a padding pair that does not count)."""
     captured = {}
 
-    def boxes_hook(module, args):
-        captured["boxes"] = torch.cat([b.tensor for b in args[1]])
+    def boxes_hook(module, args):  # the ROI format: (M, 5) rows [image, x0, y0, x1, y1]
+        captured["boxes"] = args[1][:, 1:]
 
     def relation_hook(module, args, output):
         captured["pairs"] = (args[2], args[3])
@@ -141,7 +141,7 @@ def _sampled_pairs(heads, features, prototypes, proposals, targets):
         return captured["logits"]
 
     handles = [
-        heads.pooler.register_forward_pre_hook(boxes_hook),
+        heads.pooler.level_poolers[0].register_forward_pre_hook(boxes_hook),
         heads.relation.register_forward_hook(relation_hook),
     ]
     try:
@@ -229,14 +229,16 @@ def test_pair_sampling_ratio_and_cap():
 
 
 # ---------------------------------------------------------------------------- episode targets
-def test_episode_targets_keep_the_episode_classes_relabelled_to_their_index():
+def test_episode_targets_relabel_the_episode_classes_and_mark_the_others():
     inst = Instances(
         (100, 100),
         gt_boxes=Boxes(torch.arange(16, dtype=torch.float32).view(4, 4)),
         gt_classes=torch.tensor([7, 3, 9, 3]),
     )
     out = _episode_targets(inst, torch.tensor([3, 5, 7]))  # dataset ids of the N classes
-    assert out.gt_classes.tolist() == [2, 0, 0]  # 7 -> index 2, 3 -> index 0, 9 dropped
-    assert torch.equal(out.gt_boxes.tensor, inst.gt_boxes.tensor[[0, 1, 3]])
+    # 7 -> index 2, 3 -> index 0, 9 (not in the episode) -> -1, ignored downstream; the boxes
+    # stay (no boolean indexing: the box count is a shape, no host sync)
+    assert out.gt_classes.tolist() == [2, 0, -1, 0]
+    assert torch.equal(out.gt_boxes.tensor, inst.gt_boxes.tensor)
     none = _episode_targets(inst, torch.tensor([5]))
-    assert len(none) == 0 and none.gt_classes.dtype == torch.long
+    assert none.gt_classes.tolist() == [-1] * 4 and none.gt_classes.dtype == torch.long
