@@ -204,6 +204,7 @@ def cell_cfg(arm: str, family: Family, out_dir: Path, opts: List[str]):
     cfg.defrost()
     cfg.DATASETS.TRAIN = (f"{family.train}_base",)
     cfg.DATASETS.TEST = ()  # evaluated below, per K-shot draw
+    cfg.FSOD.TEST.SUPPORT_DATASET = family.train
     cfg.OUTPUT_DIR = str(out_dir)
     cfg.FSOD.SUPPORT.CACHE_DIR = str(out_dir.parent / f"support_cache_{family.name}")
     if arm == "tfa_pretrained":
