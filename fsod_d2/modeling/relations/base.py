@@ -12,6 +12,7 @@ Adding a branch: one module with a :class:`RelationBranch` subclass registered i
 then goes into ``MODEL.FSOD.RELATIONS``.
 """
 
+import abc
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -33,7 +34,7 @@ CHEAP, EXPENSIVE = "cheap", "expensive"
 _PAIR_CHUNK = 1024
 
 
-class RelationBranch(nn.Module):
+class RelationBranch(nn.Module, abc.ABC):
     """One relation branch. Subclasses set ``cost`` and implement ``pair_logits``.
 
     Attributes:
@@ -56,10 +57,10 @@ class RelationBranch(nn.Module):
         """Per-class embedding of support prototypes ``x`` (N, C5, h, w)."""
         return x
 
+    @abc.abstractmethod
     def pair_logits(self, q: Tensor, s: Tensor) -> Tensor:
         """Match logits of broadcastable embeddings: ``q`` (*L, ...) and ``s`` (*L, ...) ->
         (*L,), where *L are the same (or broadcastable) leading dimensions."""
-        raise NotImplementedError
 
     def pairwise(self, q: Tensor, s: Tensor, qi: Tensor, si: Tensor) -> Tensor:
         """Logits of the pairs ``(qi[p], si[p])``: (P,)."""
