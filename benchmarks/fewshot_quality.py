@@ -24,8 +24,10 @@ rescales it):
 Every cell is evaluated on the family's val set for K in ``--shots`` and K-shot draws
 ``--seeds`` (seeded TFA-style splits of the train set: the only novel-class data any method
 sees). Each cell writes ``cells/<family>_<arm>.json`` (metrics per K and seed, training
-iterations, seconds, per-term loss curves); ``--table`` combines the cells into
-``fewshot_quality.json`` and a Markdown table (mean ± sample std over K-shot draws).
+iterations, seconds, per-term loss curves) and keeps each evaluation's detections
+(``fewshot_quality_work/<family>_<arm>/eval/<method>_<K>shot_seed<S>/``, input of
+``benchmarks/ap_by_size.py``); ``--table`` combines the cells into ``fewshot_quality.json`` and
+a Markdown table (mean ± sample std over K-shot draws).
 
     python -m benchmarks.fewshot_quality --jobs 2            # every cell, 2 processes, ~2 h
     python -m benchmarks.fewshot_quality --family objects --arm fsod_pretrained
@@ -221,10 +223,11 @@ def run_cell(args, family: Family, arm: str, work: Path) -> dict:
         model = trainer.model
         for k in args.shots:
             for seed in args.seeds:
-                control = arm == "fsod_pretrained" and k == max(args.shots)
+                control = arm == "fsod_pretrained" and k == max(args.shots) and args.control
                 for shuffle in [False, True] if control else [False]:
-                    m = eval_fsod(cfg, model, family, k, seed, str(out / "eval"), shuffle)
                     method = arm + ("_shuffled" if shuffle else "")
+                    run_dir = str(out / "eval" / f"{method}_{k}shot_seed{seed}")
+                    m = eval_fsod(cfg, model, family, k, seed, run_dir, shuffle)
                     rows.append({"method": method, "k": k, "seed": seed, **m})
                     logger.info("%s %s K=%d seed=%d: %s", family.name, method, k, seed, m)
         grid = work / f"{family.name}_{arm}.png"
@@ -401,6 +404,10 @@ def parse_args(argv=None):
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--out-dir", default=None, help="default: benchmarks/results")
     parser.add_argument("--table", action="store_true", help="only combine the cells' JSONs")
+    parser.add_argument(
+        "--no-control", dest="control", action="store_false",
+        help="skip the supports-shuffled control (ablations)",
+    )  # fmt: skip
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (every arm)")
     return parser.parse_args(argv)
 

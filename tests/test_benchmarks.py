@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from benchmarks import (
+    ap_by_size,
     fewshot_ablation,
     fewshot_quality,
     plots,
@@ -224,3 +225,51 @@ def test_fewshot_ablation_applies_trailing_overrides_to_every_arm_before_its_own
         "default",
         "base_classifier",
     }
+
+
+def test_fewshot_quality_no_control_flag():
+    assert fewshot_quality.parse_args([]).control
+    assert not fewshot_quality.parse_args(["--no-control", "SOLVER.MAX_ITER", "2"]).control
+
+
+def _box_gt():
+    """Two images: class 1 has a small (20 x 20) and a large (120 x 120) box, class 2 (novel) a
+    medium (50 x 50) box."""
+    images = [{"id": i, "width": 320, "height": 240, "file_name": f"{i}.jpg"} for i in (1, 2)]
+    boxes = [(1, 1, [10, 10, 20, 20]), (1, 1, [100, 50, 120, 120]), (2, 2, [30, 30, 50, 50])]
+    annotations = [
+        {"id": i, "image_id": im, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+        for i, (im, c, b) in enumerate(boxes, 1)
+    ]
+    categories = [{"id": 1, "name": "cup"}, {"id": 2, "name": "key"}]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def test_ap_by_size_splits_ap_and_recall_by_area_and_group():
+    gt = _box_gt()
+    detections = [  # the large cup and the key found, the small cup missed (wrong place)
+        {"image_id": 1, "category_id": 1, "bbox": [100, 50, 120, 120], "score": 0.9},
+        {"image_id": 1, "category_id": 1, "bbox": [200, 150, 20, 20], "score": 0.8},
+        {"image_id": 2, "category_id": 2, "bbox": [31, 31, 50, 50], "score": 0.7},
+    ]
+    report = ap_by_size.ap_by_size(gt, detections, {"base": ["cup"], "novel": ["key"]})
+    assert set(report) == {"all", "base", "novel"}
+    base, novel = report["base"], report["novel"]
+    assert base["small"]["recall50"] == 0 and base["small"]["AP50"] == 0
+    assert base["large"]["recall50"] == 100 and base["large"]["AP50"] == pytest.approx(100)
+    assert base["all"]["recall50"] == 50 and base["small"]["gt_share"] == 50
+    assert novel["medium"]["AP50"] == pytest.approx(100) and novel["medium"]["gt_share"] == 100
+    assert novel["small"]["AP50"] != novel["small"]["AP50"]  # no ground truth there: NaN
+    table = ap_by_size.markdown("toy", report).splitlines()
+    assert len(table) == 2 + 3 * 3 and table[3].startswith("| all AP50 |")
+
+
+def test_ap_by_size_refuses_unknown_split_names_and_no_detections():
+    gt = _box_gt()
+    det = [{"image_id": 1, "category_id": 1, "bbox": [100, 50, 120, 120], "score": 0.9}]
+    with pytest.raises(KeyError, match="not in the ground truth"):
+        ap_by_size.ap_by_size(gt, det, {"base": ["mug"], "novel": ["key"]})
+    with pytest.raises(KeyError, match="'novel'"):
+        ap_by_size.ap_by_size(gt, det, {"base": ["cup"]})
+    with pytest.raises(ValueError, match="no detections"):
+        ap_by_size.ap_by_size(gt, [], None)

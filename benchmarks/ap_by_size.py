@@ -1,0 +1,122 @@
+"""Where is AP lost? AP50 and recall at IoU 0.5 per object size, from saved COCO detections.
+
+Reads a ground-truth COCO JSON and a detections file (``coco_instances_results.json``, written by
+every evaluation: ``--eval-only``, ``benchmarks/fewshot_quality.py`` cells) and reports, per class
+group (all evaluated classes, and base / novel when a split file names them) and per COCO area
+range (all, small < 32², medium < 96², large), the share of ground-truth boxes, AP50 and recall at
+IoU 0.5 (100 detections per image, as COCOeval). Only classes with detections are evaluated
+(the evaluated prototype classes).
+
+    python -m benchmarks.ap_by_size --gt $DETECTRON2_DATASETS/fewshot_objects/val.json \\
+        --results output/eval/coco_instances_results.json \\
+        --split $DETECTRON2_DATASETS/fewshot_objects/split.json --name objects
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+from detectron2.utils.logger import setup_logger
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from benchmarks.common import machine_info, save_json
+
+logger = logging.getLogger("fsod_d2.benchmarks.ap_by_size")
+AREAS = ("all", "small", "medium", "large")  # COCOeval's areaRng order
+
+
+def _mean(values: np.ndarray) -> float:
+    values = values[values > -1]
+    return float(values.mean() * 100) if values.size else float("nan")
+
+
+def group_ids(gt: dict, split: Optional[dict], evaluated: List[int]) -> Dict[str, List[int]]:
+    """Category ids per group: "all" (evaluated), "base" and "novel" from the split's names
+    (keys ``base``/``novel`` as FSOD.REGISTER's split file, or ``base_classes``/...)."""
+    groups = {"all": evaluated}
+    if split is None:
+        return groups
+    by_name = {c["name"]: c["id"] for c in gt["categories"]}
+    for group in ("base", "novel"):
+        names = split.get(group, split.get(f"{group}_classes"))
+        if names is None:
+            raise KeyError(f"the split file has no '{group}' (or '{group}_classes') list of names")
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise KeyError(f"split classes not in the ground truth's categories: {missing[:5]}")
+        groups[group] = [by_name[n] for n in names if by_name[n] in set(evaluated)]
+    return groups
+
+
+def ap_by_size(gt: dict, detections: list, split: Optional[dict] = None) -> dict:
+    """{group: {area: {"gt_share", "AP50", "recall50"}}} (percent)."""
+    if not detections:
+        raise ValueError("no detections: nothing to break down")
+    coco = COCO()
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.dataset = gt
+        coco.createIndex()
+        cocoeval = COCOeval(coco, coco.loadRes(detections), "bbox")
+        evaluated = sorted({d["category_id"] for d in detections})
+        cocoeval.params.catIds = evaluated
+        cocoeval.evaluate()
+        cocoeval.accumulate()
+    precision = cocoeval.eval["precision"][0]  # IoU 0.5: (recall, class, area, max dets)
+    recall = cocoeval.eval["recall"][0]  # (class, area, max dets)
+    areas = {name: rng for name, rng in zip(AREAS, cocoeval.params.areaRng)}
+    out = {}
+    for group, ids in group_ids(gt, split, evaluated).items():
+        cols = [evaluated.index(c) for c in ids]
+        anns = [a for a in gt["annotations"] if a["category_id"] in set(ids)]
+        area = np.array([a["area"] for a in anns], dtype=float)
+        out[group] = {
+            name: {
+                "gt_share": float(((area >= lo) & (area < hi)).mean() * 100) if len(area) else 0.0,
+                "AP50": _mean(precision[:, cols, i, -1]),
+                "recall50": _mean(recall[cols, i, -1]),
+            }
+            for i, (name, (lo, hi)) in enumerate(areas.items())
+        }
+    return out
+
+
+def markdown(name: str, report: dict) -> str:
+    lines = [
+        f"| {name} | " + " | ".join(AREAS) + " |",
+        "|---|" + "---|" * len(AREAS),
+    ]
+    for group, by_area in report.items():
+        for metric in ("gt_share", "AP50", "recall50"):
+            cells = [f"{by_area[a][metric]:.1f}" for a in AREAS]
+            lines.append(f"| {group} {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gt", required=True, help="ground-truth COCO JSON")
+    parser.add_argument("--results", required=True, help="coco_instances_results.json")
+    parser.add_argument("--split", default=None, help="JSON with base / novel class names")
+    parser.add_argument("--name", default="ap_by_size", help="output JSON name (and table title)")
+    parser.add_argument("--out-dir", default=None, help="default: benchmarks/results")
+    args = parser.parse_args(argv)
+    setup_logger(name="fsod_d2")
+    logger.setLevel(logging.INFO)
+    gt = json.loads(Path(args.gt).read_text())
+    detections = json.loads(Path(args.results).read_text())
+    split = json.loads(Path(args.split).read_text()) if args.split else None
+    report = ap_by_size(gt, detections, split)
+    payload = {"machine": machine_info(), "gt": args.gt, "results": args.results, **report}
+    save_json(f"ap_by_size_{args.name}", payload, args.out_dir)
+    logger.info("\n%s", markdown(args.name, report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
