@@ -46,11 +46,18 @@ def res5_channels(res5: nn.Module) -> int:
 class MultiRelationROIHeads(Res5ROIHeads):
     """Res5 ROI head whose predictor is the multi-relation detector (see module docstring).
 
-    Reuses detectron2's pooler and res5 block (``_shared_roi_transform``) for both query ROIs
-    and support boxes; replaces the classifier with pairwise match scoring. Its public methods
-    are what :class:`FsodRCNN` uses: :meth:`pool_supports` and :meth:`support_prototypes`
-    (supports), :meth:`roi_features` (any boxes), :meth:`base_class_loss` (the optional
-    base-class classifier, which belongs to this head), and :meth:`forward`.
+    Extends :class:`Res5ROIHeads` through ``super()``: its ``from_config`` (pooler, res5,
+    proposal matcher), ``_build_res5_block`` (a torchvision stage when the backbone is one) and
+    ``_shared_roi_transform`` (pooler + res5, for query ROIs and support boxes). Its public
+    methods are what :class:`FsodRCNN` uses: :meth:`pool_supports` and
+    :meth:`support_prototypes` (supports), :meth:`roi_features` (any boxes),
+    :meth:`base_class_loss` (the optional base-class classifier, which belongs to this head),
+    and :meth:`forward`.
+
+    ``forward`` is not ``Res5ROIHeads.forward`` + post-processing (as TridentNet's is): it takes
+    the episode's prototypes, scores (ROI, class) *pairs* sampled per class instead of
+    classifying proposals, and needs each ROI's whole res5 map (local and patch relations,
+    box regression) where ``Res5ROIHeads.forward`` hands its predictor the spatial mean.
     """
 
     # 2: the base-class classifier lives here (version 1: ``base_classifier.*`` of FsodRCNN,
@@ -121,7 +128,9 @@ class MultiRelationROIHeads(Res5ROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         ret = super().from_config(cfg, input_shape)
-        # Res5ROIHeads' classifier is replaced by the relation module and the box regressor
+        # Res5ROIHeads.from_config also builds its FastRCNNOutputLayers (two Linear layers on
+        # the res5 channels); the relation module and the box regressor replace it, so it is
+        # dropped here and never becomes part of this module or its checkpoints
         ret["box_predictor"] = None
         out_channels = res5_channels(ret["res5"])
         m = cfg.MODEL.FSOD
