@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # `make demo`: the whole few-shot pipeline on CPU in minutes, on the procedural toy dataset.
 #   1. generate the toy dataset if absent ($DETECTRON2_DATASETS/fsod_toy, default datasets/)
-#   2. train FsodRCNN episodically on the 20 base classes (configs/demo/fsod_toy_base.yaml)
+#   2. train FsodRCNN episodically on the 20 base classes (configs/demo/fsod_toy_mnv2.yaml:
+#      the pretrained MobileNetV2 recipe)
 #   3. evaluate all 25 classes with seeded 3-shot supports: bAP (base) and nAP (5 novel classes
 #      never seen in training)
 #   4. detect the novel classes from a folder of 3 example images each (tools/predict.py) and
 #      write the visualizations
 # Every number printed is measured by this run. Environment knobs: DEMO_OUTPUT (default
-# output/demo), DEMO_PROCS (training processes, default 2: one per core), PYTHON.
+# output/demo), DEMO_PROCS (training processes, default 2: one per core), DEMO_CONFIG (default
+# configs/demo/fsod_toy_mnv2.yaml; configs/demo/fsod_toy_base.yaml: the tiny model from scratch),
+# PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +19,7 @@ OUT=${DEMO_OUTPUT:-output/demo}
 PROCS=${DEMO_PROCS:-2}
 DATASETS=$($PYTHON -c "from fsod_d2.utils import datasets_root; print(datasets_root())")
 TOY="$DATASETS/fsod_toy"
-CONFIG=configs/demo/fsod_toy_base.yaml
+CONFIG=${DEMO_CONFIG:-configs/demo/fsod_toy_mnv2.yaml}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / PROCS > 0 ? $(nproc) / PROCS : 1 ))}
 mkdir -p "$OUT"
 t0=$(date +%s)
