@@ -26,6 +26,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from benchmarks.common import machine_info, save_json
+from fsod_d2.utils import datasets_root
 
 logger = logging.getLogger("fsod_d2.benchmarks.ap_by_size")
 AREAS = ("all", "small", "medium", "large")  # COCOeval's areaRng order
@@ -36,6 +37,16 @@ def _mean(values: np.ndarray) -> float:
     return float(values.mean() * 100) if values.size else float("nan")
 
 
+def portable(path: str) -> str:
+    """``path`` as the JSON records it, without machine-specific folders: relative to
+    ``$DETECTRON2_DATASETS`` or the working directory when under one, else its folder and name."""
+    path = Path(path).resolve()
+    for root, prefix in ((Path(datasets_root()), "$DETECTRON2_DATASETS/"), (Path.cwd(), "")):
+        if path.is_relative_to(root.resolve()):
+            return prefix + str(path.relative_to(root.resolve()))
+    return str(Path(path.parent.name) / path.name)
+
+
 def group_ids(gt: dict, split: Optional[dict], evaluated: List[int]) -> Dict[str, List[int]]:
     """Category ids per group: "all" (evaluated), "base" and "novel" from the split's names
     (keys ``base``/``novel`` as FSOD.REGISTER's split file, or ``base_classes``/...)."""
@@ -43,6 +54,7 @@ def group_ids(gt: dict, split: Optional[dict], evaluated: List[int]) -> Dict[str
     if split is None:
         return groups
     by_name = {c["name"]: c["id"] for c in gt["categories"]}
+    evaluated_set = set(evaluated)
     for group in ("base", "novel"):
         names = split.get(group, split.get(f"{group}_classes"))
         if names is None:
@@ -50,7 +62,7 @@ def group_ids(gt: dict, split: Optional[dict], evaluated: List[int]) -> Dict[str
         missing = [n for n in names if n not in by_name]
         if missing:
             raise KeyError(f"split classes not in the ground truth's categories: {missing[:5]}")
-        groups[group] = [by_name[n] for n in names if by_name[n] in set(evaluated)]
+        groups[group] = [by_name[n] for n in names if by_name[n] in evaluated_set]
     return groups
 
 
@@ -73,7 +85,8 @@ def ap_by_size(gt: dict, detections: list, split: Optional[dict] = None) -> dict
     out = {}
     for group, ids in group_ids(gt, split, evaluated).items():
         cols = [evaluated.index(c) for c in ids]
-        anns = [a for a in gt["annotations"] if a["category_id"] in set(ids)]
+        members = set(ids)
+        anns = [a for a in gt["annotations"] if a["category_id"] in members]
         area = np.array([a["area"] for a in anns], dtype=float)
         out[group] = {
             name: {
@@ -112,7 +125,8 @@ def main(argv=None) -> dict:
     detections = json.loads(Path(args.results).read_text())
     split = json.loads(Path(args.split).read_text()) if args.split else None
     report = ap_by_size(gt, detections, split)
-    payload = {"machine": machine_info(), "gt": args.gt, "results": args.results, **report}
+    sources = {"gt": portable(args.gt), "results": portable(args.results)}
+    payload = {"machine": machine_info(), **sources, **report}
     save_json(f"ap_by_size_{args.name}", payload, args.out_dir)
     logger.info("\n%s", markdown(args.name, report))
     return report

@@ -273,3 +273,16 @@ def test_ap_by_size_refuses_unknown_split_names_and_no_detections():
         ap_by_size.ap_by_size(gt, det, {"base": ["cup"]})
     with pytest.raises(ValueError, match="no detections"):
         ap_by_size.ap_by_size(gt, [], None)
+
+
+def test_ap_by_size_records_paths_without_machine_folders(tmp_path, monkeypatch):
+    data, work = tmp_path / "data", tmp_path / "work"
+    (data / "fam").mkdir(parents=True)
+    (work / "eval").mkdir(parents=True)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(data))
+    monkeypatch.chdir(work)
+    gt = ap_by_size.portable(str(data / "fam" / "val.json"))
+    assert gt == "$DETECTRON2_DATASETS/fam/val.json"
+    assert ap_by_size.portable("eval/results.json") == "eval/results.json"
+    elsewhere = tmp_path / "other" / "run0" / "results.json"
+    assert ap_by_size.portable(str(elsewhere)) == "run0/results.json"
