@@ -5,11 +5,14 @@ every evaluation: ``--eval-only``, ``benchmarks/fewshot_quality.py`` cells) and 
 group (all evaluated classes, and base / novel when a split file names them) and per COCO area
 range (all, small < 32², medium < 96², large), the share of ground-truth boxes, AP50 and recall at
 IoU 0.5 (100 detections per image, as COCOeval). Only classes with detections are evaluated
-(the evaluated prototype classes).
+(the evaluated prototype classes). With ``--thresholds``, also what a score threshold keeps
+(``tools/predict.py --confidence-threshold``): boxes per image, precision and recall, a box
+counting when it matches (IoU >= 0.5, greedy by score) a so far unmatched object of its class.
 
     python -m benchmarks.ap_by_size --gt $DETECTRON2_DATASETS/fewshot_objects/val.json \\
         --results output/eval/coco_instances_results.json \\
-        --split $DETECTRON2_DATASETS/fewshot_objects/split.json --name objects
+        --split $DETECTRON2_DATASETS/fewshot_objects/split.json --name objects \\
+        --thresholds 0.2 0.3 0.5
 """
 
 import argparse
@@ -99,6 +102,53 @@ def ap_by_size(gt: dict, detections: list, split: Optional[dict] = None) -> dict
     return out
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of XYWH boxes, (len(a), len(b))."""
+    a0, a1 = a[:, None, :2], a[:, None, :2] + a[:, None, 2:]
+    b0, b1 = b[None, :, :2], b[None, :, :2] + b[None, :, 2:]
+    inter = np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None).prod(-1)
+    union = a[:, None, 2:].prod(-1) + b[None, :, 2:].prod(-1) - inter
+    return inter / np.maximum(union, 1e-9)
+
+
+def at_thresholds(gt: dict, detections: list, thresholds: List[float]) -> Dict[str, dict]:
+    """{threshold: {"boxes_per_image", "precision", "recall"}} over the evaluated classes:
+    detections scoring >= threshold, each matched greedily by score (IoU >= 0.5) to an unmatched
+    object of its class in its image."""
+    evaluated = {d["category_id"] for d in detections}
+    objects: Dict[tuple, list] = {}
+    for a in gt["annotations"]:
+        if a["category_id"] in evaluated and not a.get("iscrowd", 0):
+            objects.setdefault((a["image_id"], a["category_id"]), []).append(a["bbox"])
+    num_objects = sum(len(v) for v in objects.values())
+    out = {}
+    for t in thresholds:
+        kept: Dict[tuple, list] = {}
+        for d in detections:
+            if d["score"] >= t:
+                kept.setdefault((d["image_id"], d["category_id"]), []).append(d)
+        hits = 0
+        for key, dets in kept.items():
+            boxes = np.array(objects.get(key, []), dtype=float).reshape(-1, 4)
+            if not len(boxes):
+                continue
+            dets = sorted(dets, key=lambda d: -d["score"])
+            iou = _iou(np.array([d["bbox"] for d in dets], dtype=float), boxes)
+            free = np.ones(len(boxes), dtype=bool)
+            for row in iou:
+                j = int(np.argmax(np.where(free, row, -1)))
+                if free[j] and row[j] >= 0.5:
+                    free[j] = False
+                    hits += 1
+        num = sum(len(v) for v in kept.values())
+        out[f"{t:g}"] = {
+            "boxes_per_image": num / max(len(gt["images"]), 1),
+            "precision": hits / num if num else float("nan"),
+            "recall": hits / num_objects if num_objects else float("nan"),
+        }
+    return out
+
+
 def markdown(name: str, report: dict) -> str:
     lines = [
         f"| {name} | " + " | ".join(AREAS) + " |",
@@ -118,6 +168,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--split", default=None, help="JSON with base / novel class names")
     parser.add_argument("--name", default="ap_by_size", help="output JSON name (and table title)")
     parser.add_argument("--out-dir", default=None, help="default: benchmarks/results")
+    parser.add_argument(
+        "--thresholds", nargs="*", type=float, default=[], help="also what these scores keep"
+    )
     args = parser.parse_args(argv)
     setup_logger(name="fsod_d2")
     logger.setLevel(logging.INFO)
@@ -127,6 +180,10 @@ def main(argv=None) -> dict:
     report = ap_by_size(gt, detections, split)
     sources = {"gt": portable(args.gt), "results": portable(args.results)}
     payload = {"machine": machine_info(), **sources, **report}
+    if args.thresholds:
+        payload["thresholds"] = at_thresholds(gt, detections, args.thresholds)
+        for t, m in payload["thresholds"].items():
+            logger.info("score >= %s: %s", t, {k: round(v, 3) for k, v in m.items()})
     save_json(f"ap_by_size_{args.name}", payload, args.out_dir)
     logger.info("\n%s", markdown(args.name, report))
     return report

@@ -275,6 +275,22 @@ def test_ap_by_size_refuses_unknown_split_names_and_no_detections():
         ap_by_size.ap_by_size(gt, [], None)
 
 
+def test_ap_by_size_thresholds_count_boxes_precision_and_recall():
+    gt = _box_gt()
+    detections = [
+        {"image_id": 1, "category_id": 1, "bbox": [100, 50, 120, 120], "score": 0.9},  # hit
+        {"image_id": 1, "category_id": 1, "bbox": [102, 52, 118, 118], "score": 0.6},  # duplicate
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.25},  # hit (small)
+        {"image_id": 2, "category_id": 1, "bbox": [30, 30, 50, 50], "score": 0.8},  # wrong class
+    ]
+    out = ap_by_size.at_thresholds(gt, detections, [0.2, 0.5, 0.95])
+    # only class 1 has detections: its 2 objects are the evaluated ones (the key is not)
+    assert out["0.2"] == {"boxes_per_image": 2.0, "precision": 0.5, "recall": 1.0}
+    assert out["0.5"] == {"boxes_per_image": 1.5, "precision": pytest.approx(1 / 3), "recall": 0.5}
+    assert out["0.95"]["boxes_per_image"] == 0 and out["0.95"]["recall"] == 0
+    assert out["0.95"]["precision"] != out["0.95"]["precision"]  # nothing kept: NaN
+
+
 def test_ap_by_size_records_paths_without_machine_folders(tmp_path, monkeypatch):
     data, work = tmp_path / "data", tmp_path / "work"
     (data / "fam").mkdir(parents=True)
