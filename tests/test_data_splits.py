@@ -95,3 +95,26 @@ def test_tool_voc_protocol(tmp_path):
         out = json.load(f)
     counts = Counter(a["category_id"] for a in out["annotations"])
     assert counts == {10: 2, 3: 2}  # cow: 2 of 3; bird: the 2 non-difficult instances
+
+
+def test_tool_json_mode_draws_only_boxes_usable_as_supports(tmp_path):
+    """By default the json mode skips boxes below FSOD.SUPPORT.MIN_BOX_SIZE (8 px): a K-shot
+    file of such boxes could not give evaluation supports."""
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 64} for i in (1, 2)]
+    boxes = {1: [2, 2, 4, 4], 2: [10, 10, 20, 20]}  # image 1: a 4 x 4 box, image 2: 20 x 20
+    anns = [
+        {"id": i, "image_id": i, "category_id": 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+        for i, b in boxes.items()
+    ]
+    src = tmp_path / "train.json"
+    src.write_text(json.dumps({"images": images, "annotations": anns, "categories": [
+        {"id": 1, "name": "key"}]}))  # fmt: skip
+    tool = _tool()
+
+    def drawn(out, *extra):
+        args = ["json", "--input", str(src), "--output-dir", str(tmp_path / out), "--shots", "1"]
+        paths = tool.main(args + ["--seeds", *map(str, range(10)), *extra])
+        return {json.load(open(p))["annotations"][0]["id"] for p in paths}
+
+    assert drawn("default") == {2}
+    assert drawn("all", "--min-box-size", "0") == {1, 2}

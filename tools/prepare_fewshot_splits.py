@@ -171,8 +171,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-dir", help="json: where to write <prefix>_<K>shot_seed<S>.json")
     p.add_argument("--prefix", help="json: output file prefix (default: input file stem)")
     p.add_argument("--classes", help="json: comma-separated names/ids to sample (default: all)")
-    p.add_argument("--min-box-size", type=float, default=0.0, help="skip smaller boxes (pixels)")
+    p.add_argument(
+        "--min-box-size",
+        type=float,
+        default=None,
+        help="skip boxes with a side shorter than this (pixels); json: default "
+        "FSOD.SUPPORT.MIN_BOX_SIZE, so that every drawn box can be a support; protocols: 0",
+    )
     return p.parse_args(argv)
+
+
+def _support_min_box_size() -> float:
+    """The config's smallest support box side: a K-shot file of smaller boxes cannot give
+    evaluation supports (the trainer refuses it at start)."""
+    from fsod_d2.config import setup_cfg
+
+    return float(setup_cfg(freeze=False).FSOD.SUPPORT.MIN_BOX_SIZE)
 
 
 def main(argv=None) -> list[str]:
@@ -193,7 +207,9 @@ def main(argv=None) -> list[str]:
             args.shots or [1, 2, 3, 5, 10],
             args.seeds,
             class_ids=class_ids,
-            min_box_size=args.min_box_size,
+            min_box_size=(
+                _support_min_box_size() if args.min_box_size is None else args.min_box_size
+            ),
             source=os.path.basename(args.input),
         )
     protocols = list(_SOURCES) if args.protocol == "all" else [args.protocol]

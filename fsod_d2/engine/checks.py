@@ -172,7 +172,8 @@ def _check_evaluation(cfg: CfgNode) -> None:
                 f"sides >= FSOD.SUPPORT.MIN_BOX_SIZE={cfg.FSOD.SUPPORT.MIN_BOX_SIZE}) for "
                 f"the classes {names[:10]} of DATASETS.TEST '{name}'. Use a support "
                 "dataset that annotates them (not a '_base' or '_novel' variant that leaves them "
-                "out), or test on the variant of the test set with only the classes it has."
+                "out; K-shot files from tools/prepare_fewshot_splits.py json skip boxes below "
+                "that size), or test on the variant of the test set with only the classes it has."
             )
         short = [
             (support_classes[c], counts[c][0])
