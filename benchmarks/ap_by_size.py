@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 from detectron2.utils.logger import setup_logger
+from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -102,15 +103,6 @@ def ap_by_size(gt: dict, detections: list, split: Optional[dict] = None) -> dict
     return out
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of XYWH boxes, (len(a), len(b))."""
-    a0, a1 = a[:, None, :2], a[:, None, :2] + a[:, None, 2:]
-    b0, b1 = b[None, :, :2], b[None, :, :2] + b[None, :, 2:]
-    inter = np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None).prod(-1)
-    union = a[:, None, 2:].prod(-1) + b[None, :, 2:].prod(-1) - inter
-    return inter / np.maximum(union, 1e-9)
-
-
 def at_thresholds(gt: dict, detections: list, thresholds: List[float]) -> Dict[str, dict]:
     """{threshold: {"boxes_per_image", "precision", "recall"}} over the evaluated classes:
     detections scoring >= threshold, each matched greedily by score (IoU >= 0.5) to an unmatched
@@ -120,27 +112,32 @@ def at_thresholds(gt: dict, detections: list, thresholds: List[float]) -> Dict[s
     for a in gt["annotations"]:
         if a["category_id"] in evaluated and not a.get("iscrowd", 0):
             objects.setdefault((a["image_id"], a["category_id"]), []).append(a["bbox"])
+    by_key: Dict[tuple, list] = {}
+    for d in detections:
+        by_key.setdefault((d["image_id"], d["category_id"]), []).append(d)
+    scores, hit = [], []  # per detection: its score, and whether it matched at its own threshold
+    for key, dets in by_key.items():
+        dets.sort(key=lambda d: -d["score"])
+        boxes = objects.get(key, [])
+        # IoU once per (image, class); a threshold keeps a prefix of the score-sorted detections,
+        # and greedy matching of a prefix is the prefix of the full greedy matching
+        iou = mask_util.iou([d["bbox"] for d in dets], boxes, [0] * len(boxes)) if boxes else None
+        free = np.ones(len(boxes), dtype=bool)
+        for i, d in enumerate(dets):
+            scores.append(d["score"])
+            matched = False
+            if iou is not None:
+                j = int(np.argmax(np.where(free, iou[i], -1)))
+                matched = bool(free[j] and iou[i, j] >= 0.5)
+                if matched:
+                    free[j] = False
+            hit.append(matched)
+    scores, hit = np.array(scores), np.array(hit, dtype=bool)
     num_objects = sum(len(v) for v in objects.values())
     out = {}
     for t in thresholds:
-        kept: Dict[tuple, list] = {}
-        for d in detections:
-            if d["score"] >= t:
-                kept.setdefault((d["image_id"], d["category_id"]), []).append(d)
-        hits = 0
-        for key, dets in kept.items():
-            boxes = np.array(objects.get(key, []), dtype=float).reshape(-1, 4)
-            if not len(boxes):
-                continue
-            dets = sorted(dets, key=lambda d: -d["score"])
-            iou = _iou(np.array([d["bbox"] for d in dets], dtype=float), boxes)
-            free = np.ones(len(boxes), dtype=bool)
-            for row in iou:
-                j = int(np.argmax(np.where(free, row, -1)))
-                if free[j] and row[j] >= 0.5:
-                    free[j] = False
-                    hits += 1
-        num = sum(len(v) for v in kept.values())
+        keep = scores >= t
+        num, hits = int(keep.sum()), int(hit[keep].sum())
         out[f"{t:g}"] = {
             "boxes_per_image": num / max(len(gt["images"]), 1),
             "precision": hits / num if num else float("nan"),
