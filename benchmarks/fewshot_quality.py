@@ -73,6 +73,19 @@ METRICS = ("AP", "AP50", "bAP", "bAP50", "nAP", "nAP50")
 
 
 # ------------------------------------------------------------------------------------ data
+def generate_family(name: str, root: Path, *, num_train: int, num_val: int, seed: int = 0) -> dict:
+    """Write (or reuse) a family's dataset under ``root``: 40 base + 10 novel classes from its
+    generator; returns the generator's info dict (JSON paths, image root, class split, stats)."""
+    sizes = dict(num_base=40, num_novel=10, num_train=num_train, num_val=num_val, seed=seed)
+    if name == "shapes":
+        from fsod_datagen.shapes import generate_toy_dataset
+
+        return generate_toy_dataset(root, difficulty="hard", **sizes)
+    from fsod_datagen.objects import generate_objects_dataset
+
+    return generate_objects_dataset(root, **sizes)
+
+
 class Family:
     """One benchmark family: generated (or reused) under $DETECTRON2_DATASETS/fewshot_<name>,
     registered as ``fq_<name>_{train,val}`` plus its seeded K-shot splits."""
@@ -82,7 +95,7 @@ class Family:
         self.train, self.val = f"fq_{name}_train", f"fq_{name}_val"
         root = Path(datasets_root())
         self.root = root / f"fewshot_{name}"
-        info = self._generate(num_train, num_val)
+        info = generate_family(name, self.root, num_train=num_train, num_val=num_val)
         self.stats = info["stats"]
         base, novel = info["base_classes"], info["novel_classes"]
         for name_, path in ((self.train, info["train_json"]), (self.val, info["val_json"])):
@@ -94,16 +107,6 @@ class Family:
                 if not path.exists():
                     dump_json(sample_kshot(coco, k, seed, source=info["train_json"]), str(path))
                 register_fewshot_coco(self.kshot(k, seed), path, info["image_root"], base, novel)
-
-    def _generate(self, num_train: int, num_val: int) -> dict:
-        sizes = dict(num_base=40, num_novel=10, num_train=num_train, num_val=num_val)
-        if self.name == "shapes":
-            from fsod_datagen.shapes import generate_toy_dataset
-
-            return generate_toy_dataset(self.root, difficulty="hard", seed=0, **sizes)
-        from fsod_datagen.objects import generate_objects_dataset
-
-        return generate_objects_dataset(self.root, seed=0, **sizes)
 
     def kshot(self, k: int, seed: int) -> str:
         return f"{self.train}_{k}shot_seed{seed}"

@@ -23,7 +23,14 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.logger import setup_logger
 
 from benchmarks.common import machine_info, save_json
-from benchmarks.fewshot_quality import FAMILIES, REPO, Family, cell_cfg, eval_fsod
+from benchmarks.fewshot_quality import (
+    FAMILIES,
+    REPO,
+    Family,
+    cell_cfg,
+    eval_fsod,
+    generate_family,
+)
 from fsod_d2.data import register_fewshot_coco
 from fsod_d2.engine.trainer import FsodTrainer
 from fsod_d2.utils import datasets_root
@@ -36,18 +43,9 @@ def dev_family(args, name: str) -> Family:
     """The benchmark family (train split and K-shot draws) with its val set replaced by a dev
     set drawn with ``--dev-seed``."""
     family = copy.copy(Family(name, [args.k], [args.seed], args.num_train, args.num_val))
-    dev_images = args.dev_images
     root = Path(datasets_root()) / f"fewshot_{name}_dev{args.dev_seed}"
     # the generators also write a train split; one image is the least they accept
-    sizes = dict(num_base=40, num_novel=10, num_train=1, num_val=dev_images, seed=args.dev_seed)
-    if name == "shapes":
-        from fsod_datagen.shapes import generate_toy_dataset
-
-        info = generate_toy_dataset(root, difficulty="hard", **sizes)
-    else:
-        from fsod_datagen.objects import generate_objects_dataset
-
-        info = generate_objects_dataset(root, **sizes)
+    info = generate_family(name, root, num_train=1, num_val=args.dev_images, seed=args.dev_seed)
     family.val = f"fq_{name}_dev{args.dev_seed}"
     register_fewshot_coco(
         family.val, info["val_json"], info["image_root"], info["base_classes"],

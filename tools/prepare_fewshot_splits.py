@@ -175,8 +175,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--min-box-size",
         type=float,
         default=None,
-        help="skip boxes with a side shorter than this (pixels); json: default "
-        "FSOD.SUPPORT.MIN_BOX_SIZE, so that every drawn box can be a support; protocols: 0",
+        help="json: skip boxes with a side shorter than this (pixels); default "
+        "FSOD.SUPPORT.MIN_BOX_SIZE, so that every drawn box can be a support (the protocols' "
+        "files keep every box, as TFA's)",
     )
     return p.parse_args(argv)
 
