@@ -363,8 +363,12 @@ def test_folded_frozen_bn_computes_what_the_unfolded_model_does():
     assert torch.allclose(f1, f2, rtol=1e-4, atol=1e-5)
     assert torch.allclose(h1, h2, rtol=1e-4, atol=1e-5)
     assert g1.keys() == g2.keys() and len(g1) > 10
+    # float32 rounding differs between the two orders of operations (and between CPU
+    # kernels): compare each gradient to its own scale, not element by element, where a
+    # near-zero entry is a difference of large terms. Unfolding wrongly gives errors of ~1.
     for name in g1:
-        assert torch.allclose(g1[name], g2[name], rtol=1e-3, atol=1e-6), name
+        err = (g1[name] - g2[name]).abs().max() / g2[name].abs().max()
+        assert err < 1e-4, (name, float(err))
 
 
 def _train_on_one_batch(model, steps: int, loss_key: str, check_first_step) -> None:
