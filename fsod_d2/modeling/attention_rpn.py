@@ -209,9 +209,9 @@ class AttentionRPN(RPN):
         )
 
     def predict_proposals(self, anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes):
-        """detectron2's proposal selection for all pairs at once. Training: fixed-size
-        Instances (``post_nms_topk`` rows) with a ``proposal_valid`` mask; inference: the valid
-        proposals only, as detectron2 returns them."""
+        """detectron2's proposal selection for all pairs at once, as fixed-size Instances
+        (``post_nms_topk`` rows) with a ``proposal_valid`` mask; the valid rows are the
+        proposals detectron2 returns, in its order."""
         with torch.no_grad():
             pred_proposals = self._decode_proposals(anchors, pred_anchor_deltas)
             boxes, scores, valid = batched_rpn.find_top_proposals(
@@ -224,9 +224,7 @@ class AttentionRPN(RPN):
                 self.min_box_size,
                 self.training,
             )
-            return batched_rpn.proposals_to_instances(
-                boxes, scores, valid, image_sizes, padded=self.training
-            )
+            return batched_rpn.proposals_to_instances(boxes, scores, valid, image_sizes)
 
 
 @torch.no_grad()

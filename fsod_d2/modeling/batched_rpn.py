@@ -28,7 +28,8 @@ from detectron2.structures import Boxes, Instances
 from fvcore.nn import giou_loss, smooth_l1_loss
 from torch import Tensor
 from torch.profiler import record_function
-from torchvision.ops import nms
+
+from .detections import grouped_nms
 
 # name of the profiler range around an explicit host read (counted by benchmarks/count_syncs.py)
 HOST_SYNC_LABEL = "fsod::host_sync"
@@ -300,14 +301,15 @@ def find_top_proposals(
     valid = finite & (boxes[..., 2] - boxes[..., 0] > min_box_size)
     valid &= boxes[..., 3] - boxes[..., 1] > min_box_size
 
-    # one NMS for all (pair, level) groups: offset each group's boxes beyond the others
+    # one NMS for all (pair, level) groups
     flat_boxes = boxes.reshape(-1, 4)
     group = torch.arange(num_pairs, device=device)[:, None] * len(proposals) + levels[None]
-    offsets = group.reshape(-1, 1).to(flat_boxes) * (flat_boxes.max() + 1)
     nms_scores = torch.where(
         valid, scores.float(), torch.full_like(scores, float("-inf"), dtype=torch.float32)
     )
-    keep = nms(flat_boxes + offsets, nms_scores.reshape(-1), nms_thresh)
+    keep = grouped_nms(
+        flat_boxes, nms_scores.reshape(-1), group.reshape(-1), nms_thresh, flat_boxes.max() + 1
+    )
     kept = torch.zeros(flat_boxes.shape[0], dtype=torch.bool, device=device)
     kept[keep] = True
     kept = kept.view(num_pairs, -1) & valid
@@ -321,17 +323,14 @@ def find_top_proposals(
 
 
 def proposals_to_instances(
-    boxes: Tensor, scores: Tensor, valid: Tensor, image_sizes: List[Tuple[int, int]], padded: bool
+    boxes: Tensor, scores: Tensor, valid: Tensor, image_sizes: List[Tuple[int, int]]
 ) -> List[Instances]:
-    """Per pair Instances with ``proposal_boxes`` and ``objectness_logits``. ``padded``: every
-    pair keeps all k rows and a ``proposal_valid`` mask (no sync; training); otherwise only the
-    valid rows (one boolean index per pair; inference)."""
+    """Per pair Instances with ``proposal_boxes``, ``objectness_logits`` and a
+    ``proposal_valid`` mask: every pair keeps all k rows (fixed shapes, no host sync; the ROI
+    heads ignore invalid rows)."""
     out = []
     for b, s, v, size in zip(boxes, scores, valid, image_sizes):
         inst = Instances(size)
-        if padded:
-            inst.proposal_boxes, inst.objectness_logits, inst.proposal_valid = Boxes(b), s, v
-        else:
-            inst.proposal_boxes, inst.objectness_logits = Boxes(b[v]), s[v]
+        inst.proposal_boxes, inst.objectness_logits, inst.proposal_valid = Boxes(b), s, v
         out.append(inst)
     return out

@@ -3,10 +3,11 @@
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor
 
 from .attention_rpn import AttentionRPN, AttentionRPNHead
@@ -107,6 +108,28 @@ class FsodRCNN(GeneralizedRCNN):
         """uint8 images -> normalized float on the device (converted after the copy)."""
         images = (to_device(images, self.device).float() - self.pixel_mean) / self.pixel_std
         return self._layout(images)
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """detectron2's preprocessing (normalise, pad to a common size by the backbone's
+        padding rules) with the sizes computed in Python: ``ImageList.from_tensors`` puts them
+        in a tensor and reads them back (host syncs), and ``torch.export`` could then not keep
+        an image's height and width symbolic (the exported detector pads as the model does)."""
+        images = [
+            (self._move_to_current_device(x["image"]) - self.pixel_mean) / self.pixel_std
+            for x in batched_inputs
+        ]
+        sizes = [(im.shape[-2], im.shape[-1]) for im in images]
+        constraints = self.backbone.padding_constraints or {}
+        stride = constraints.get("size_divisibility", self.backbone.size_divisibility)
+        square = constraints.get("square_size", 0)
+        if square > 0:
+            ph = pw = square
+        else:
+            ph, pw = max(h for h, _ in sizes), max(w for _, w in sizes)
+        if stride > 1:
+            ph, pw = (ph + stride - 1) // stride * stride, (pw + stride - 1) // stride * stride
+        padded = [F.pad(im, [0, pw - w, 0, ph - h]) for im, (h, w) in zip(images, sizes)]
+        return ImageList(torch.stack(padded), sizes)
 
     def _move_to_current_device(self, x: Tensor) -> Tensor:
         return to_device(x, self.device)
@@ -307,21 +330,34 @@ class FsodRCNN(GeneralizedRCNN):
                 "(tools/predict.py and the evaluator do this)"
             )
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(self._layout(images.tensor))
-        num_images = len(images)
-        kernels = self.prototypes.rpn_kernels[None].expand(num_images, -1, -1)
-        rois = self.prototypes.roi_prototypes[None].expand(num_images, -1, -1, -1, -1)
-        if self.per_class_reference:
-            results = self._detect_per_class(images, features, kernels, rois)
-        else:
-            results = self._detect(images, features, kernels, rois)
-        for r in results:
-            r.pred_classes = self.prototypes.class_ids[r.pred_classes]
+        detections = self.detect_images(
+            images, self.prototypes.rpn_kernels, self.prototypes.roi_prototypes
+        )
+        results = []
+        for (boxes, scores, classes), size in zip(detections, images.image_sizes):
+            r = Instances(size, pred_boxes=Boxes(boxes), scores=scores)
+            r.pred_classes = self.prototypes.class_ids[classes]
+            results.append(r)
         if do_postprocess:
             return GeneralizedRCNN._postprocess(results, batched_inputs, images.image_sizes)
         return results
 
-    def _detect(self, images, features, kernels, rois) -> List[Instances]:
+    def detect_images(
+        self, images: ImageList, rpn_kernels: Tensor, roi_prototypes: Tensor
+    ) -> List[Tuple[Tensor, Tensor, Tensor]]:
+        """The test path on tensors: preprocessed images and prototypes (C, ...) of C classes
+        -> per image boxes (D, 4) in the images' pixels, scores (D,) and class indices (D,)
+        in 0..C-1. :meth:`inference` and the exported detector
+        (:mod:`fsod_d2.export`) both run it."""
+        features = self.backbone(self._layout(images.tensor))
+        num_images = len(images)
+        kernels = rpn_kernels[None].expand(num_images, -1, -1)
+        rois = roi_prototypes[None].expand(num_images, -1, -1, -1, -1)
+        if self.per_class_reference:
+            return self._detect_per_class(images, features, kernels, rois)
+        return self._detect(images, features, kernels, rois)
+
+    def _detect(self, images, features, kernels, rois) -> List[Tuple[Tensor, Tensor, Tensor]]:
         num_classes = kernels.shape[1]
         proposals, _ = self.proposal_generator(
             images, features, kernels, merge_classes=self.shared_proposals
@@ -330,19 +366,19 @@ class FsodRCNN(GeneralizedRCNN):
             proposals = _group_by_image(proposals, num_classes)
         return self.roi_heads(features, proposals, rois)
 
-    def _detect_per_class(self, images, features, kernels, rois) -> List[Instances]:
+    def _detect_per_class(self, images, features, kernels, rois):
         """FewX-style reference: each class runs RPN, res5 and relation on its own."""
-        per_class = []
-        for n in range(kernels.shape[1]):
-            results = self._detect(images, features, kernels[:, n : n + 1], rois[:, n : n + 1])
-            for r in results:
-                r.pred_classes = r.pred_classes + n
-            per_class.append(results)
+        per_class = [
+            self._detect(images, features, kernels[:, n : n + 1], rois[:, n : n + 1])
+            for n in range(kernels.shape[1])
+        ]
         merged = []
         for per_image in zip(*per_class):
-            r = Instances.cat(list(per_image))
-            order = r.scores.argsort(descending=True)[: self.roi_heads.test_detections_per_img]
-            merged.append(r[order])
+            boxes = cat([d[0] for d in per_image])
+            scores = cat([d[1] for d in per_image])
+            classes = cat([d[2] + n for n, d in enumerate(per_image)])
+            order = scores.argsort(descending=True)[: self.roi_heads.test_detections_per_img]
+            merged.append((boxes[order], scores[order], classes[order]))
         return merged
 
 

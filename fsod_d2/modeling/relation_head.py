@@ -13,7 +13,7 @@ Everything is expressed over *pairs* ``(roi, class)``:
 """
 
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,12 +22,12 @@ from detectron2.data import MetadataCatalog
 from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
-from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
 from detectron2.structures import Boxes, Instances
 from torch import Tensor, nn
 
 from . import pair_sampling
 from .batched_rpn import masked_box_loss, read_host
+from .detections import select_detections
 from .relations import MultiRelation, build_relations
 from .torchvision_backbone import build_torchvision_roi_stage, uses_torchvision_backbone
 
@@ -218,15 +218,12 @@ class MultiRelationROIHeads(Res5ROIHeads):
             targets: training only; per image ``gt_boxes`` and ``gt_classes`` in 0..N-1.
 
         Returns:
-            training: dict of losses; test: per image Instances with ``pred_classes`` in 0..N-1.
+            training: dict of losses; test: per image (boxes, scores, class indices in
+            0..N-1), see :meth:`_forward_test`.
         """
         if self.training:
             return self._forward_train(features, proposals, prototypes, targets)
         return self._forward_test(features, proposals, prototypes)
-
-    def _roi_embeddings(self, features: Dict[str, Tensor], boxes: List[Boxes]):
-        x = self.roi_features(features, boxes)
-        return x, self.relation.embed_queries(x)
 
     def _forward_train(self, features, proposals, prototypes, targets):
         """All images at once: pairs sampled as tensors, ROI features once per sampled box of
@@ -317,36 +314,46 @@ class MultiRelationROIHeads(Res5ROIHeads):
         )
 
     @torch.no_grad()
-    def _forward_test(self, features, proposals, prototypes):
+    def _forward_test(self, features, proposals, prototypes) -> List[Tuple[Tensor, Tensor, Tensor]]:
+        """Per image (boxes, scores, class indices 0..N-1) as tensors (see
+        :func:`~fsod_d2.modeling.detections.select_detections`); rows of ``proposals`` with
+        ``proposal_valid`` False (padding) score zero."""
         num_classes = prototypes.shape[1]
-        boxes = [p.proposal_boxes for p in proposals]
-        x, q = self._roi_embeddings(features, boxes)
+        num_rois = [len(p) for p in proposals]
+        image_idx = torch.arange(len(proposals), device=prototypes.device)
+        image_idx = image_idx.repeat_interleave(torch.tensor(num_rois, device=image_idx.device))
+        roi_boxes = cat([p.proposal_boxes.tensor for p in proposals])
+        x = self._roi_features(features, image_idx, roi_boxes)
+        q = self.relation.embed_queries(x)
         s = self.relation.embed_supports(prototypes.flatten(0, 1))
         deltas = self.box_regressor(x.flatten(1))
-        pred_boxes = self.box2box_transform.apply_deltas(deltas, cat([b.tensor for b in boxes]))
+        pred_boxes = self.box2box_transform.apply_deltas(deltas, roi_boxes)
 
         results, offset = [], 0
         for b, props in enumerate(proposals):
             rows = slice(offset, offset + len(props))
             q_b = {k: v[rows] for k, v in q.items()}
             s_b = {k: v[b * num_classes : (b + 1) * num_classes] for k, v in s.items()}
-            scores = pred_boxes.new_zeros(len(props), num_classes + 1)  # last: background
             if props.has("proposal_classes"):  # each ROI scored with its own class only
-                ri = torch.arange(len(props), device=scores.device)
+                ri = torch.arange(len(props), device=pred_boxes.device)
                 ci = props.proposal_classes
+                scores = pred_boxes.new_zeros(len(props), num_classes)
                 scores[ri, ci] = self.relation(q_b, s_b, ri, ci).sigmoid()
             else:
                 logits = self.relation.dense(q_b, s_b, self.patch_topk)
-                scores[:, :num_classes] = self._match_scores(logits)
-            result, _ = fast_rcnn_inference_single_image(
-                pred_boxes[rows],
-                scores,
-                props.image_size,
-                self.test_score_thresh,
-                self.test_nms_thresh,
-                self.test_detections_per_img,
+                scores = self._match_scores(logits)
+            if props.has("proposal_valid"):
+                scores = torch.where(props.proposal_valid[:, None], scores, 0.0)
+            results.append(
+                select_detections(
+                    pred_boxes[rows],
+                    scores,
+                    props.image_size,
+                    self.test_score_thresh,
+                    self.test_nms_thresh,
+                    self.test_detections_per_img,
+                )
             )
-            results.append(result)
             offset += len(props)
         return results
 

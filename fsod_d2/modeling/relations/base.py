@@ -62,16 +62,22 @@ class RelationBranch(nn.Module, abc.ABC):
         """Match logits of broadcastable embeddings: ``q`` (*L, ...) and ``s`` (*L, ...) ->
         (*L,), where *L are the same (or broadcastable) leading dimensions."""
 
+    def _one_pass(self) -> bool:
+        """Score all pairs in one pass: cheap branches always; expensive ones when exported
+        (the graph's class count is symbolic, so a chunk count would be data-dependent;
+        chunks only bound the memory of the eager path)."""
+        return self.cost == CHEAP or torch.compiler.is_exporting()
+
     def pairwise(self, q: Tensor, s: Tensor, qi: Tensor, si: Tensor) -> Tensor:
         """Logits of the pairs ``(qi[p], si[p])``: (P,)."""
-        if self.cost == CHEAP or qi.numel() <= _PAIR_CHUNK:
+        if self._one_pass() or qi.numel() <= _PAIR_CHUNK:
             return self.pair_logits(q[qi], s[si])
         parts = zip(qi.split(_PAIR_CHUNK), si.split(_PAIR_CHUNK))
         return cat([self.pair_logits(q[a], s[b]) for a, b in parts], dim=0)
 
     def dense(self, q: Tensor, s: Tensor) -> Tensor:
         """Logits of every (query row, support row) pair: (R, N)."""
-        if self.cost == CHEAP:
+        if self._one_pass():
             return self.pair_logits(q[:, None], s[None])
         rows = max(1, _PAIR_CHUNK // max(len(s), 1))
         return cat([self.pair_logits(p[:, None], s[None]) for p in q.split(rows)], dim=0)
@@ -124,8 +130,9 @@ class MultiRelation(nn.Module):
     def dense(self, q: Dict[str, Tensor], s: Dict[str, Tensor], topk: int = 0) -> Tensor:
         """(R, N) summed logits of every ROI with every class.
 
-        With ``0 < topk < N`` and at least one cheap branch, the expensive branches score only
-        each ROI's top-k classes by cheap score; the other pairs get ``-inf``.
+        With ``topk > 0`` and at least one cheap branch, the expensive branches score only
+        each ROI's top-k classes by cheap score; the other pairs get ``-inf`` (every pair is
+        scored when ``topk >= N``).
         """
         cheap, expensive = self.cheap, self.expensive
         if cheap:
@@ -136,13 +143,13 @@ class MultiRelation(nn.Module):
         if not expensive:
             return logits
         num_rois, num_classes = logits.shape
-        if cheap and 0 < topk < num_classes:
-            top = logits.topk(topk, dim=1)
-            ri = torch.arange(num_rois, device=logits.device).repeat_interleave(topk)
-            ci = top.indices.reshape(-1)
+        if cheap and topk > 0:
+            k = torch.sym_min(topk, num_classes)  # no branch on the class count (export)
+            top = logits.topk(k, dim=1)
+            rows = torch.arange(num_rois, device=logits.device)[:, None].expand_as(top.indices)
+            extra = self(q, s, rows.reshape(-1), top.indices.reshape(-1), names=expensive)
             pruned = torch.full_like(logits, float("-inf"))
-            pruned[ri, ci] = top.values.reshape(-1) + self(q, s, ri, ci, names=expensive)
-            return pruned
+            return pruned.scatter(1, top.indices, top.values + extra.view_as(top.values))
         return logits + torch.stack([self.branches[n].dense(q[n], s[n]) for n in expensive]).sum(0)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):

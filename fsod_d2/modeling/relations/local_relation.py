@@ -26,5 +26,12 @@ class LocalRelation(RelationBranch):
 
     def pair_logits(self, q: Tensor, s: Tensor) -> Tensor:
         # einsum broadcasts the leading dims without materialising the (R, N, hidden, h*w) product
-        corr = torch.einsum("...cs,...cs->...c", q, s) / q.shape[-1]
-        return self.fc(F.relu(corr)).squeeze(-1)
+        return self._logits(torch.einsum("...cs,...cs->...c", q, s), q.shape[-1])
+
+    def dense(self, q: Tensor, s: Tensor) -> Tensor:
+        # every (ROI, class) pair as one contraction with named dims: ONNX Runtime's shape
+        # inference takes a broadcast "..." dim of Einsum for size 1 (wrong buffers at run time)
+        return self._logits(torch.einsum("rcs,ncs->rnc", q, s), q.shape[-1])
+
+    def _logits(self, corr: Tensor, positions: int) -> Tensor:
+        return self.fc(F.relu(corr / positions)).squeeze(-1)
