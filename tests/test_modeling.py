@@ -371,6 +371,24 @@ def test_folded_frozen_bn_computes_what_the_unfolded_model_does():
         assert err < 1e-4, (name, float(err))
 
 
+def test_torch_fuse_conv_bn_weights_cuts_the_gradient():
+    """Why fold_bn computes the fold itself: torch's fuse_conv_bn_weights gives the same
+    numbers but as new leaf parameters, so no gradient would reach the conv weight."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(4, 3, 3, 3, generator=gen, requires_grad=True)
+    mean, var = torch.randn(4, generator=gen), torch.rand(4, generator=gen) + 0.5
+    gamma, beta = torch.randn(4, generator=gen), torch.randn(4, generator=gen)
+    fused_w, fused_b = fuse_conv_bn_weights(weight, None, mean, var, 1e-5, gamma, beta)
+    scale = gamma * (var + 1e-5).rsqrt()
+    assert torch.allclose(fused_w, weight * scale.view(-1, 1, 1, 1))
+    assert torch.allclose(fused_b, beta - mean * scale, atol=1e-6)
+    assert fused_w.is_leaf and fused_w.grad_fn is None
+    fused_w.sum().backward()
+    assert weight.grad is None
+
+
 def _train_on_one_batch(model, steps: int, loss_key: str, check_first_step) -> None:
     """Adam steps on one fixed batch; ``check_first_step(model, losses)`` after the first
     backward; ``losses[loss_key]`` must fall at least 3x."""
