@@ -21,7 +21,12 @@ from detectron2.data import MetadataCatalog
 from detectron2.structures import BoxMode
 
 from ..splits import VOC_CLASSES
-from .coco_fewshot import clean_records, register_fewshot_dataset, split_metadata, subset_ids
+from .coco_fewshot import (
+    clean_records,
+    register_fewshot_dataset,
+    split_metadata,
+    subset_class_ids,
+)
 
 __all__ = [
     "load_voc_xml",
@@ -103,7 +108,7 @@ def load_fewshot_voc(dirs_splits: Sequence[tuple[str, str]], dataset_name: str) 
         for ann in r["annotations"]:
             ann["category_id"] = id_map.get(ann["category_id"], -1)
     source = " + ".join(f"{d}:{s}" for d, s in dirs_splits)
-    return clean_records(records, subset_ids(meta, meta.subset), dataset_name, source)
+    return clean_records(records, subset_class_ids(meta), dataset_name, source)
 
 
 def register_fewshot_voc(
