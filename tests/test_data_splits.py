@@ -1,7 +1,6 @@
 """Seeded K-shot split generation (library and tools/prepare_fewshot_splits.py)."""
 
 import hashlib
-import importlib.util
 import json
 import os
 from collections import Counter
@@ -11,16 +10,12 @@ import pytest
 from fsod_d2.data.datasets.builtin import builtin_kshot_json
 from fsod_d2.data.splits import resolve_classes, sample_kshot
 
-from .common import REPO_ROOT, make_coco_dataset
+from .common import load_tool, make_coco_dataset
 from .test_data_registration import _write_voc
 
 
 def _tool():
-    path = REPO_ROOT / "tools" / "prepare_fewshot_splits.py"
-    spec = importlib.util.spec_from_file_location("prepare_fewshot_splits", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("prepare_fewshot_splits")
 
 
 @pytest.fixture(scope="module")
