@@ -30,7 +30,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from ...utils.files import datasets_root
+from ...utils.files import datasets_root, expand_path
 from ..splits import resolve_classes
 
 logger = logging.getLogger(__name__)
@@ -374,7 +374,8 @@ def parse_register_entry(entry: str) -> dict[str, str]:
     ``split=<file.json>`` reads both from a file ``{"base": [...], "novel": [...]}`` shared by the
     entries of one dataset. ``kshots=<dir>`` also registers every ``*_<K>shot_seed<S>.json`` in
     that folder (``tools/prepare_fewshot_splits.py json`` output) as ``<name>_<K>shot_seed<S>``.
-    Paths may use ``$VARS`` and ``~``.
+    Paths may use ``$VARS`` and ``~``; ``$DETECTRON2_DATASETS`` is the datasets root (default
+    ``datasets``) also when the variable is unset.
     """
     fields: dict[str, str] = {}
     for part in entry.split(";"):
@@ -400,7 +401,7 @@ def parse_register_entry(entry: str) -> dict[str, str]:
         )
     for k in ("json", "images", "split", "kshots"):
         if k in fields:
-            fields[k] = os.path.expanduser(os.path.expandvars(fields[k]))
+            fields[k] = expand_path(fields[k])
     if fields.get("split"):
         fields.update(_read_split_file(fields["split"]))
     return fields
