@@ -94,8 +94,12 @@ class _FakeTrainer:
         self.storage = EventStorage(it)
 
 
-def test_gpu_stats_absent_on_cpu_and_hook_records_per_gpu():
-    if not torch.cuda.is_available():
+def test_gpu_stats_absent_without_cuda_and_hook_records_per_gpu(monkeypatch):
+    if torch.cuda.is_available():  # this machine's GPU: torch's memory statistics at least
+        stats = gpu_stats()
+        assert stats["mem_allocated_MiB"] >= 0 and "max_mem_allocated_MiB" in stats
+    with monkeypatch.context() as m:
+        m.setattr(torch.cuda, "is_available", lambda: False)
         assert gpu_stats() == {}
     hook = GPUStatsHook(period=5, stats_fn=lambda: {"util_percent": 42.0, "mem_used_MiB": 7.0})
     hook.trainer = _FakeTrainer(it=4)

@@ -61,19 +61,21 @@ def test_losses_finite_and_every_parameter_gets_gradient(mode):
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_inference_outputs(mode):
-    model = _model(*MODES[mode]).eval()
+    # score threshold 0: the untrained model's detections are kept, so there are boxes to check
+    model = _model(*MODES[mode], "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0).eval()
     protos, _, _ = _set_prototypes(model)
     image, _ = synthetic_query(np.random.default_rng(1), [0, 2])
     out = model([{"image": image, "height": 256, "width": 320}, {"image": image}])
     assert len(out) == 2
     inst = out[0]["instances"]
     assert isinstance(inst, Instances) and inst.image_size == (256, 320)
+    assert 0 < len(inst) <= get_tiny_cfg().TEST.DETECTIONS_PER_IMAGE
     assert inst.pred_boxes.tensor.shape == (len(inst), 4)
     assert inst.scores.shape == (len(inst),) and inst.pred_classes.dtype == torch.long
     assert set(inst.pred_classes.tolist()) <= set(protos.class_ids.tolist())
-    if len(inst):
-        b = inst.pred_boxes.tensor
-        assert b[:, 0].min() >= 0 and b[:, 2].max() <= 320 and b[:, 3].max() <= 256
+    b = inst.pred_boxes.tensor  # rescaled to the requested output size, inside it
+    assert b[:, 0].min() >= 0 and b[:, 1].min() >= 0
+    assert b[:, 2].max() <= 320 and b[:, 3].max() <= 256
     assert out[1]["instances"].image_size == tuple(image.shape[1:])
 
 
