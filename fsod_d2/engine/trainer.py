@@ -42,6 +42,7 @@ from ..data import build_episodic_train_loader, build_support_set, subset_class_
 from ..evaluation import evaluator_class, evaluator_types
 from ..modeling.support import PrototypeSet, StalePrototypeError, support_fingerprint
 from ..utils.files import atomic_write
+from .checkpoint import FsodCheckpointer
 from .checks import check_config, support_dataset_required
 from .hooks import GPUStatsHook, ThroughputHook, explain_oom
 from .precision import needs_grad_scaler, resolve_amp_dtype
@@ -112,6 +113,9 @@ class FsodTrainer(DefaultTrainer):
         check_config(cfg)  # before the model, the support cache and the loader are built
         with _cpu_ddp_support(cfg.MODEL.DEVICE):
             super().__init__(cfg)
+        # DefaultTrainer's DetectionCheckpointer (also the periodic checkpoint hook's), made an
+        # FsodCheckpointer: same state, one-line errors for missing or unreadable weights files
+        self.checkpointer.__class__ = FsodCheckpointer
         if cfg.SOLVER.AMP.ENABLED:  # detectron2's AMPTrainer asserts CUDA
             t = self._trainer
             dtype = resolve_amp_dtype(cfg.FSOD.ENGINE.AMP_DTYPE, cfg.MODEL.DEVICE)
