@@ -1,6 +1,5 @@
 """EpisodicDatasetMapper and the episodic loader: contract, determinism, sampling, bad data."""
 
-import importlib.util
 import logging
 import os
 from collections import Counter
@@ -18,7 +17,7 @@ from fsod_d2.data import (
     register_fewshot_coco,
 )
 
-from .common import REPO_ROOT, TINY_CONFIG, get_tiny_cfg, make_coco_dataset
+from .common import TINY_CONFIG, get_tiny_cfg, load_tool, make_coco_dataset
 
 OUT_KEYS = {
     "image",
@@ -272,9 +271,7 @@ def test_corrupt_and_missing_images_are_skipped(tmp_path, caplog):
 
 
 def test_visualize_episodes_tool(data, tmp_path):
-    spec = importlib.util.spec_from_file_location("vis", REPO_ROOT / "tools/visualize_episodes.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("visualize_episodes")
     json_path = os.path.join(str(data), "instances.json")
     entry = f"name=t_ep_vis;json={json_path};images={data / 'images'};base=3,7,11,20"
     out = tool.main([

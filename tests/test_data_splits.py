@@ -1,7 +1,6 @@
 """Seeded K-shot split generation (library and tools/prepare_fewshot_splits.py)."""
 
 import hashlib
-import importlib.util
 import json
 import os
 from collections import Counter
@@ -11,16 +10,12 @@ import pytest
 from fsod_d2.data.datasets.builtin import builtin_kshot_json
 from fsod_d2.data.splits import resolve_classes, sample_kshot
 
-from .common import REPO_ROOT, make_coco_dataset
+from .common import load_tool, make_coco_dataset
 from .test_data_registration import _write_voc
 
 
 def _tool():
-    path = REPO_ROOT / "tools" / "prepare_fewshot_splits.py"
-    spec = importlib.util.spec_from_file_location("prepare_fewshot_splits", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("prepare_fewshot_splits")
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +113,72 @@ def test_tool_json_mode_draws_only_boxes_usable_as_supports(tmp_path):
 
     assert drawn("default") == {2}
     assert drawn("all", "--min-box-size", "0") == {1, 2}
+
+
+def _write_coco(path, image_ids, prefix, per_image, cats):
+    """A COCO instances file with all 80 categories; ``per_image`` (category id, box) lists."""
+    images = [{"id": i, "file_name": f"{prefix}_{i:06d}.jpg", "width": 64, "height": 48}
+              for i in image_ids]  # fmt: skip
+    anns = []
+    for i in image_ids:
+        for cid, box in per_image(i):
+            anns.append({"id": 1000 * i + len(anns), "image_id": i, "category_id": cid,
+                         "bbox": box, "area": box[2] * box[3], "iscrowd": 0})  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+
+
+def _coco_sources(root):
+    """train2014 + valminusminival2014 (TFA's trainvalno5k) and train2017: person (1, novel),
+    car (3, novel) and giraffe (25, base); giraffe twice in odd images."""
+    from fsod_d2.data.splits import coco_thing_categories
+
+    cats = coco_thing_categories()
+
+    def objects(i):
+        out = [(1, [2, 2, 20, 30]), (3 if i % 3 else 25, [30, 10, 25, 20])]
+        return out + ([(25, [10, 30, 12, 12])] if i % 2 else [])
+
+    ann = root / "coco" / "annotations"
+    _write_coco(ann / "instances_train2014.json", range(1, 7), "COCO_train2014", objects, cats)
+    _write_coco(ann / "instances_valminusminival2014.json", range(101, 105), "COCO_val2014",
+                objects, cats)  # fmt: skip
+    _write_coco(ann / "instances_train2017.json", range(1, 9), "train2017", objects, cats)
+    return cats
+
+
+@pytest.mark.parametrize("protocol", ["coco14", "coco17"])
+def test_tool_coco_protocols(tmp_path, protocol):
+    """The COCO modes read detectron2's layout under --root and write the files the builtin
+    datasets are registered with: K of every annotated class per file, whole images, the 80
+    categories kept, byte-identical when run again."""
+    tool = _tool()
+    with pytest.raises(SystemExit, match="instances_train20"):  # sources missing: one line
+        tool.main([protocol, "--root", str(tmp_path / "empty")])
+    runs = []
+    for name in ("a", "b"):
+        cats = _coco_sources(tmp_path / name)
+        args = [protocol, "--root", str(tmp_path / name), "--shots", "1", "2", "--seeds", "0", "1"]
+        runs.append(tool.main(args))
+    first, second = runs
+    kshot = [
+        builtin_kshot_json(protocol, k, s, str(tmp_path / "a")) for s in (0, 1) for k in (1, 2)
+    ]
+    assert first[-4:] == kshot
+    for p, q in zip(first, second):
+        assert open(p, "rb").read() == open(q, "rb").read()
+    for k, path in zip((1, 2, 1, 2), kshot):
+        out = json.load(open(path))
+        assert out["categories"] == cats and len(cats) == 80
+        counts = Counter(a["category_id"] for a in out["annotations"])
+        assert counts == {1: k, 3: k, 25: k}
+        assert {im["id"] for im in out["images"]} == {a["image_id"] for a in out["annotations"]}
+    if protocol == "coco14":  # trainvalno5k: both sources, file names under the coco/ root
+        trainval = json.load(open(first[0]))
+        assert first[0] == str(tmp_path / "a" / "fsod_splits" / "coco14" / "trainvalno5k.json")
+        names = {im["id"]: im["file_name"] for im in trainval["images"]}
+        assert names[1] == "train2014/COCO_train2014_000001.jpg"
+        assert names[101] == "val2014/COCO_val2014_000101.jpg" and len(names) == 10
+    else:
+        assert len(first) == 4  # the K-shot files only; images stay in coco/train2017
+        assert json.load(open(kshot[0]))["images"][0]["file_name"].startswith("train2017_")

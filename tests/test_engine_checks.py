@@ -80,14 +80,18 @@ def test_test_k_above_the_shots_without_fallback(data):
         check_config(_cfg(data, "FSOD.TEST.K_SHOT", 0))
 
 
-def test_training_k_above_the_shots_without_fallback(data):
+def test_training_k_above_the_shots_without_fallback(data, tmp_path, monkeypatch):
+    cache = tmp_path / "support_cache"  # where the support crops would go
+    monkeypatch.setenv("FSOD_SUPPORT_CACHE", str(cache))
     cfg = _cfg(data, "FSOD.K_SHOT", 100, "FSOD.STRICT_SHOTS", True)
     with pytest.raises(ValueError) as e:
         build_episodic_train_loader(cfg)
     msg = str(e.value)
     assert msg.startswith("FSOD.K_SHOT=100 but 2 classes of DATASETS.TRAIN ['t_chk_base']")
     assert "FSOD.STRICT_SHOTS False" in msg
-    assert not (data / "out" / "support_cache").exists()  # refused before cropping anything
+    assert not cache.exists()  # refused before cropping anything
+    build_episodic_train_loader(_cfg(data, "FSOD.K_SHOT", 100, "FSOD.N_WAY", 2))  # crops
+    assert any(cache.iterdir())
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@ COCO JSON that pycocotools loads."""
 
 import json
 import shutil
-import sys
 
 import cv2
 import pytest
@@ -14,18 +13,14 @@ from pycocotools.coco import COCO
 
 from fsod_datagen.shapes import generate_toy_dataset
 
-from .common import REPO_ROOT, TINY_CONFIG, get_tiny_cfg
+from .common import TINY_CONFIG, get_tiny_cfg, load_tool
 
 TOY = {"num_base": 3, "num_novel": 2, "num_train": 8, "num_val": 3, "image_size": (96, 128)}
 
 
 @pytest.fixture(scope="module")
 def predict_main():
-    sys.path.insert(0, str(REPO_ROOT / "tools"))
-    try:
-        import predict
-    finally:
-        sys.path.pop(0)
+    predict = load_tool("predict")
     return predict.main
 
 

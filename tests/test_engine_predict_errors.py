@@ -4,7 +4,6 @@ unreadable query image is skipped, counted and listed while the other images are
 
 import json
 import shutil
-import sys
 
 import cv2
 import numpy as np
@@ -13,16 +12,12 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from .common import REPO_ROOT, TINY_CONFIG, draw_shape, get_tiny_cfg
+from .common import TINY_CONFIG, draw_shape, get_tiny_cfg, load_tool
 
 
 @pytest.fixture(scope="module")
 def predict():
-    sys.path.insert(0, str(REPO_ROOT / "tools"))
-    try:
-        import predict
-    finally:
-        sys.path.pop(0)
+    predict = load_tool("predict")
     return predict
 
 

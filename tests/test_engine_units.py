@@ -22,7 +22,7 @@ from fsod_d2.engine.hooks import is_out_of_memory
 from fsod_d2.evaluation import summarize_categories
 from fsod_datagen.shapes import generate_toy_dataset
 
-from .common import REPO_ROOT, get_tiny_cfg
+from .common import REPO_ROOT, get_tiny_cfg, load_tool
 
 TOY = {"num_base": 5, "num_novel": 2, "num_train": 16, "num_val": 4, "image_size": (96, 128)}
 
@@ -94,8 +94,12 @@ class _FakeTrainer:
         self.storage = EventStorage(it)
 
 
-def test_gpu_stats_absent_on_cpu_and_hook_records_per_gpu():
-    if not torch.cuda.is_available():
+def test_gpu_stats_absent_without_cuda_and_hook_records_per_gpu(monkeypatch):
+    if torch.cuda.is_available():  # this machine's GPU: torch's memory statistics at least
+        stats = gpu_stats()
+        assert stats["mem_allocated_MiB"] >= 0 and "max_mem_allocated_MiB" in stats
+    with monkeypatch.context() as m:
+        m.setattr(torch.cuda, "is_available", lambda: False)
         assert gpu_stats() == {}
     hook = GPUStatsHook(period=5, stats_fn=lambda: {"util_percent": 42.0, "mem_used_MiB": 7.0})
     hook.trainer = _FakeTrainer(it=4)
@@ -228,11 +232,7 @@ def test_amp_training_on_cpu_and_throughput_in_metrics(toy_names, tmp_path):
 
 # ---------------------------------------------------------------------------- tools
 def test_aggregate_seeds(tmp_path):
-    sys.path.insert(0, str(REPO_ROOT / "tools"))
-    try:
-        import aggregate_seeds
-    finally:
-        sys.path.pop(0)
+    aggregate_seeds = load_tool("aggregate_seeds")
     for seed, ap in enumerate([10.0, 12.0, 14.0]):
         d = tmp_path / f"run{seed}" / "inference" / "toy_val"
         d.mkdir(parents=True)

@@ -61,19 +61,21 @@ def test_losses_finite_and_every_parameter_gets_gradient(mode):
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_inference_outputs(mode):
-    model = _model(*MODES[mode]).eval()
+    # score threshold 0: the untrained model's detections are kept, so there are boxes to check
+    model = _model(*MODES[mode], "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0).eval()
     protos, _, _ = _set_prototypes(model)
     image, _ = synthetic_query(np.random.default_rng(1), [0, 2])
     out = model([{"image": image, "height": 256, "width": 320}, {"image": image}])
     assert len(out) == 2
     inst = out[0]["instances"]
     assert isinstance(inst, Instances) and inst.image_size == (256, 320)
+    assert 0 < len(inst) <= get_tiny_cfg().TEST.DETECTIONS_PER_IMAGE
     assert inst.pred_boxes.tensor.shape == (len(inst), 4)
     assert inst.scores.shape == (len(inst),) and inst.pred_classes.dtype == torch.long
     assert set(inst.pred_classes.tolist()) <= set(protos.class_ids.tolist())
-    if len(inst):
-        b = inst.pred_boxes.tensor
-        assert b[:, 0].min() >= 0 and b[:, 2].max() <= 320 and b[:, 3].max() <= 256
+    b = inst.pred_boxes.tensor  # rescaled to the requested output size, inside it
+    assert b[:, 0].min() >= 0 and b[:, 1].min() >= 0
+    assert b[:, 2].max() <= 320 and b[:, 3].max() <= 256
     assert out[1]["instances"].image_size == tuple(image.shape[1:])
 
 
@@ -369,6 +371,24 @@ def test_folded_frozen_bn_computes_what_the_unfolded_model_does():
     for name in g1:
         err = (g1[name] - g2[name]).abs().max() / g2[name].abs().max()
         assert err < 1e-4, (name, float(err))
+
+
+def test_torch_fuse_conv_bn_weights_cuts_the_gradient():
+    """Why fold_bn computes the fold itself: torch's fuse_conv_bn_weights gives the same
+    numbers but as new leaf parameters, so no gradient would reach the conv weight."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(4, 3, 3, 3, generator=gen, requires_grad=True)
+    mean, var = torch.randn(4, generator=gen), torch.rand(4, generator=gen) + 0.5
+    gamma, beta = torch.randn(4, generator=gen), torch.randn(4, generator=gen)
+    fused_w, fused_b = fuse_conv_bn_weights(weight, None, mean, var, 1e-5, gamma, beta)
+    scale = gamma * (var + 1e-5).rsqrt()
+    assert torch.allclose(fused_w, weight * scale.view(-1, 1, 1, 1))
+    assert torch.allclose(fused_b, beta - mean * scale, atol=1e-6)
+    assert fused_w.is_leaf and fused_w.grad_fn is None
+    fused_w.sum().backward()
+    assert weight.grad is None
 
 
 def _train_on_one_batch(model, steps: int, loss_key: str, check_first_step) -> None:

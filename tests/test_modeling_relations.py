@@ -58,7 +58,7 @@ def test_builtin_branches_are_registered(name):
 def test_every_registered_branch_pairwise_equals_dense(cosine_registered):
     """Training scores sampled pairs, inference dense ROI x class grids: same numbers, for every
     branch in the registry (the built-in ones and any other registered at the time)."""
-    names = sorted(RELATION_REGISTRY._obj_map)
+    names = sorted(name for name, _ in RELATION_REGISTRY)
     assert {"GlobalRelation", "LocalRelation", "PatchRelation", cosine_registered} <= set(names)
     torch.manual_seed(0)
     for name in names:

@@ -37,3 +37,17 @@ def test_no_sys_path_edits_or_tests_imports_outside_tests(module):
         text = f.read_text()
         assert "sys.path.insert" not in text and "sys.path.append" not in text, f
         assert "from tests" not in text and "import tests" not in text, f
+
+
+def test_tests_import_the_tools_one_way():
+    """tools/*.py are scripts: tests load them with tests.common.load_tool (by file path) or run
+    them as subprocesses, never through sys.path edits or their own importlib code."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve()
+    files = [f for f in here.parent.glob("*.py") if f not in (here, here.parent / "common.py")]
+    assert len(files) > 10
+    for f in files:
+        text = f.read_text()
+        assert "sys.path.insert" not in text and "sys.path.append" not in text, f
+        assert "spec_from_file_location" not in text, f

@@ -146,3 +146,51 @@ def test_invalid_params(tmp_path):
         generate_toy_dataset(tmp_path, difficulty="medium")
     with pytest.raises(ValueError):
         generate_toy_dataset(tmp_path, min_objects=3, max_objects=2)
+
+
+def test_tool_refuses_another_split_in_the_registered_folder(tmp_path, monkeypatch, capsys):
+    """fsod_toy_hard_* are registered as 20 + 5 classes: 40 + 10 written there would be
+    registered as 20 + 5 (the other classes dropped), so the tool stops before writing."""
+    from .common import load_tool
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    tool = load_tool("make_toy_dataset")
+    for args in (["--hard"], ["--root", str(tmp_path / "fsod_toy")]):
+        with pytest.raises(SystemExit) as e:
+            tool.main([*args, "--num-base", "40", "--num-novel", "10"])
+        msg = str(e.value.code)
+        assert "\n" not in msg and "20 base + 5 novel" in msg and "--root DIR" in msg
+    assert list(tmp_path.iterdir()) == []  # nothing generated
+
+
+def test_tool_registers_the_split_it_generated_elsewhere(tmp_path, monkeypatch):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from fsod_d2 import setup_cfg
+    from fsod_d2.data import register_from_config
+
+    from .common import load_tool
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "d2"))
+    root = tmp_path / "toy40"
+    result = load_tool("make_toy_dataset").main([
+        "--hard", "--num-base", "40", "--num-novel", "10", "--root", str(root),
+        "--num-train", "10", "--num-val", "2", "--image-size", "128", "160",
+    ])  # fmt: skip
+    assert json.loads((root / "split.json").read_text()) == {
+        "base": TOY_CATEGORIES[:40], "novel": TOY_CATEGORIES[40:50],
+    }  # fmt: skip
+    cfg = setup_cfg(freeze=False)
+    cfg.FSOD.REGISTER = result["register"]
+    names = register_from_config(cfg)
+    try:
+        assert {"toy40_train", "toy40_train_base", "toy40_val_novel"} <= set(names)
+        meta = MetadataCatalog.get("toy40_train")
+        assert (len(meta.base_ids), len(meta.novel_ids)) == (40, 10)
+        records = DatasetCatalog.get("toy40_train")
+        written = _load(result["train_json"])["annotations"]
+        assert sum(len(r["annotations"]) for r in records) == len(written)  # none dropped
+    finally:
+        for name in names:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)

@@ -9,7 +9,8 @@ import pytest
 
 from fsod_d2 import setup_cfg
 from fsod_d2.data.datasets import datasets_root as data_datasets_root
-from fsod_d2.utils import atomic_write, datasets_root, mean_std
+from fsod_d2.data.datasets.coco_fewshot import parse_register_entry
+from fsod_d2.utils import atomic_write, datasets_root, expand_path, mean_std
 
 from .common import TINY_CONFIG
 
@@ -24,6 +25,27 @@ def test_datasets_root_expands_user_and_variables(monkeypatch, tmp_path):
     monkeypatch.setenv("DETECTRON2_DATASETS", "$DATA_DISK/d2")
     assert datasets_root() == "/mnt/disk/d2"
     assert data_datasets_root is datasets_root  # one reader, re-exported
+
+
+def test_expand_path_gives_the_datasets_root_when_the_variable_is_unset(monkeypatch, tmp_path):
+    monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert expand_path("$DETECTRON2_DATASETS/parts/train.json") == "datasets/parts/train.json"
+    assert expand_path("${DETECTRON2_DATASETS}/a") == "datasets/a"
+    # another name that starts the same, and other unset variables, are left alone
+    assert expand_path("$DETECTRON2_DATASETS_X/a") == "$DETECTRON2_DATASETS_X/a"
+    assert expand_path("$NOT_SET_ANYWHERE/a") == "$NOT_SET_ANYWHERE/a"
+    assert expand_path("~/a") == str(tmp_path / "a")
+    monkeypatch.setenv("DETECTRON2_DATASETS", "~/d2")
+    assert expand_path("$DETECTRON2_DATASETS/parts") == str(tmp_path / "d2" / "parts")
+    # FSOD.REGISTER entries use it for every path
+    monkeypatch.delenv("DETECTRON2_DATASETS")
+    entry = parse_register_entry(
+        "name=p;json=$DETECTRON2_DATASETS/p/train.json;images=${DETECTRON2_DATASETS}/p/images;"
+        "base=a"
+    )
+    assert (entry["json"], entry["images"]) == ("datasets/p/train.json", "datasets/p/images")
 
 
 def test_atomic_write_replaces_whole_files_only(tmp_path):

@@ -16,18 +16,21 @@ import os
 import sys
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from fsod_d2.engine import (
+    CheckpointError,
     ConfigError,
     DatasetNotFoundError,
+    FsodCheckpointer,
     FsodTrainer,
     check_config,
+    check_weights_file,
     setup_cfg,
+    weights_to_load,
 )
 
 logger = logging.getLogger("fsod_d2.train_net")
@@ -63,7 +66,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = FsodTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        FsodCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = FsodTrainer.test(cfg, model)
@@ -78,10 +81,13 @@ def main(args):
 
 def check(args) -> None:
     """Stop before spawning processes if the config cannot work: a dataset missing or not
-    registered, evaluation without (suitable) supports (with what to do about it)."""
+    registered, evaluation without (suitable) supports, a weights file that is missing or cannot
+    be read (with what to do about it)."""
     try:
-        check_config(setup_cfg(args.config_file, args.opts))
-    except (ConfigError, DatasetNotFoundError) as e:
+        cfg = setup_cfg(args.config_file, args.opts)
+        check_config(cfg)
+        check_weights_file(weights_to_load(cfg, args.resume))
+    except (ConfigError, DatasetNotFoundError, CheckpointError) as e:
         logger.error("%s", e)
         sys.exit(2)
 

@@ -8,7 +8,12 @@ from .build import (
     build_episodic_train_loader,
     episode_seed,
 )
-from .datasets import register_fewshot_coco, register_fewshot_voc, register_from_config
+from .datasets import (
+    register_fewshot_coco,
+    register_fewshot_voc,
+    register_from_config,
+    subset_class_ids,
+)
 from .episodic_mapper import EpisodicDatasetMapper
 from .sampling import SUPPORT_SAMPLER_REGISTRY, SupportSampler, build_support_set
 from .support_folder import SupportFolderError, load_support_folder
@@ -31,4 +36,5 @@ __all__ = [
     "register_fewshot_coco",
     "register_fewshot_voc",
     "register_from_config",
+    "subset_class_ids",
 ]

@@ -25,8 +25,9 @@ import os
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..data.datasets.coco_fewshot import subset_class_ids
 from ..data.support_pool import shot_counts
-from ..evaluation import EVALUATOR_TYPES
+from ..evaluation import evaluator_class, evaluator_types
 from ..utils.files import datasets_root
 
 logger = logging.getLogger(__name__)
@@ -116,15 +117,6 @@ def check_datasets(cfg: CfgNode) -> None:
                 raise DatasetNotFoundError(_dataset_help(name, f"its {what} {path} does not exist"))
 
 
-def _evaluated_classes(name: str) -> list[int]:
-    """Contiguous ids a test set is annotated for (all, or only base / novel for a variant)."""
-    meta = MetadataCatalog.get(name)
-    subset = meta.get("subset", "all")
-    if subset in ("base", "novel") and meta.get(f"{subset}_ids") is not None:
-        return sorted(int(c) for c in meta.get(f"{subset}_ids"))
-    return list(range(len(meta.get("thing_classes", []))))
-
-
 def support_dataset_required(cfg: CfgNode) -> str:
     """The message when ``DATASETS.TEST`` is set without ``FSOD.TEST.SUPPORT_DATASET``."""
     return (
@@ -141,12 +133,12 @@ def _check_evaluation(cfg: CfgNode) -> None:
         return
     for name in cfg.DATASETS.TEST:
         etype = MetadataCatalog.get(name).get("evaluator_type", "coco")
-        if etype not in EVALUATOR_TYPES:
+        if evaluator_class(etype) is None:
             raise ConfigError(
                 f"DATASETS.TEST: dataset '{name}' has evaluator_type {etype!r}; fsod-d2 evaluates "
-                f"{sorted(EVALUATOR_TYPES)} datasets (AP and bAP/nAP). Register it with "
+                f"{evaluator_types()} datasets (AP and bAP/nAP). Register it with "
                 "fsod_d2.data.register_fewshot_coco (or register_fewshot_voc), or override "
-                "FsodTrainer.build_evaluator."
+                "FsodTrainer.build_evaluator (or register an evaluator in FSOD_EVALUATOR_REGISTRY)."
             )
     support = t.SUPPORT_DATASET
     if not support:
@@ -164,7 +156,8 @@ def _check_evaluation(cfg: CfgNode) -> None:
             )
     counts = shot_counts(DatasetCatalog.get(support), cfg.FSOD.SUPPORT.MIN_BOX_SIZE)
     for name in cfg.DATASETS.TEST:
-        lacking = [c for c in _evaluated_classes(name) if c not in counts]
+        evaluated = subset_class_ids(MetadataCatalog.get(name))
+        lacking = [c for c in evaluated if c not in counts]
         if lacking:
             names = [support_classes[c] for c in lacking]
             raise ConfigError(
@@ -175,11 +168,7 @@ def _check_evaluation(cfg: CfgNode) -> None:
                 "out; K-shot files from tools/prepare_fewshot_splits.py json skip boxes below "
                 "that size), or test on the variant of the test set with only the classes it has."
             )
-        short = [
-            (support_classes[c], counts[c][0])
-            for c in _evaluated_classes(name)
-            if counts[c][0] < t.K_SHOT
-        ]
+        short = [(support_classes[c], counts[c][0]) for c in evaluated if counts[c][0] < t.K_SHOT]
         if short and cfg.FSOD.STRICT_SHOTS:
             fewest = min(n for _, n in short)
             raise ConfigError(

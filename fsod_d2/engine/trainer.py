@@ -38,10 +38,11 @@ from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import setup_cfg  # noqa: F401  (re-exported: fsod_d2.engine.setup_cfg)
-from ..data import build_episodic_train_loader, build_support_set
-from ..evaluation import EVALUATOR_TYPES
+from ..data import build_episodic_train_loader, build_support_set, subset_class_ids
+from ..evaluation import evaluator_class, evaluator_types
 from ..modeling.support import PrototypeSet, StalePrototypeError, support_fingerprint
 from ..utils.files import atomic_write
+from .checkpoint import FsodCheckpointer
 from .checks import check_config, support_dataset_required
 from .hooks import GPUStatsHook, ThroughputHook, explain_oom
 from .precision import needs_grad_scaler, resolve_amp_dtype
@@ -112,6 +113,9 @@ class FsodTrainer(DefaultTrainer):
         check_config(cfg)  # before the model, the support cache and the loader are built
         with _cpu_ddp_support(cfg.MODEL.DEVICE):
             super().__init__(cfg)
+        # DefaultTrainer's DetectionCheckpointer (also the periodic checkpoint hook's), made an
+        # FsodCheckpointer: same state, one-line errors for missing or unreadable weights files
+        self.checkpointer.__class__ = FsodCheckpointer
         if cfg.SOLVER.AMP.ENABLED:  # detectron2's AMPTrainer asserts CUDA
             t = self._trainer
             dtype = resolve_amp_dtype(cfg.FSOD.ENGINE.AMP_DTYPE, cfg.MODEL.DEVICE)
@@ -163,19 +167,18 @@ class FsodTrainer(DefaultTrainer):
         class_ids: Optional[Sequence[int]] = None,
     ) -> DatasetEvaluators:
         """The evaluator of the dataset's ``evaluator_type`` (metadata, default "coco"; see
-        :data:`fsod_d2.evaluation.EVALUATOR_TYPES`), over ``class_ids`` (contiguous; default
+        :data:`fsod_d2.evaluation.FSOD_EVALUATOR_REGISTRY`), over ``class_ids`` (contiguous; default
         every class of the dataset), writing to ``output_folder``
         (default ``OUTPUT_DIR/inference/<dataset>``)."""
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
-        if evaluator_type not in EVALUATOR_TYPES:
+        evaluator_cls = evaluator_class(evaluator_type)
+        if evaluator_cls is None:
             raise ValueError(
                 f"no fsod-d2 evaluator for dataset '{dataset_name}' of evaluator_type "
-                f"{evaluator_type!r} (known: {sorted(EVALUATOR_TYPES)})"
+                f"{evaluator_type!r} (known: {evaluator_types()})"
             )
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        evaluator = EVALUATOR_TYPES[evaluator_type](
-            dataset_name, output_dir=output_folder, class_ids=class_ids
-        )
+        evaluator = evaluator_cls(dataset_name, output_dir=output_folder, class_ids=class_ids)
         return DatasetEvaluators([evaluator])
 
     def build_hooks(self):
@@ -229,12 +232,8 @@ class FsodTrainer(DefaultTrainer):
     def _classes_of(prototypes: PrototypeSet, dataset_name: str) -> PrototypeSet:
         """The prototypes of the classes a test set is annotated for (e.g. only novel ones
         for a ``*_novel`` variant)."""
-        meta = MetadataCatalog.get(dataset_name)
-        subset = meta.get("subset", "all")
-        if subset not in ("base", "novel"):
-            return prototypes
-        keep_ids = set(meta.get(f"{subset}_ids", []))
-        return prototypes.select(c for c in prototypes.class_ids.tolist() if c in keep_ids)
+        keep = set(subset_class_ids(MetadataCatalog.get(dataset_name)))
+        return prototypes.select(c for c in prototypes.class_ids.tolist() if c in keep)
 
     @classmethod
     def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):

@@ -1,5 +1,17 @@
 """Evaluation: COCO-style AP with base/novel split."""
 
-from .fsod_evaluation import EVALUATOR_TYPES, FsodCOCOEvaluator, summarize_categories
+from .fsod_evaluation import (
+    FSOD_EVALUATOR_REGISTRY,
+    FsodCOCOEvaluator,
+    evaluator_class,
+    evaluator_types,
+    summarize_categories,
+)
 
-__all__ = ["EVALUATOR_TYPES", "FsodCOCOEvaluator", "summarize_categories"]
+__all__ = [
+    "FSOD_EVALUATOR_REGISTRY",
+    "FsodCOCOEvaluator",
+    "evaluator_class",
+    "evaluator_types",
+    "summarize_categories",
+]

@@ -4,6 +4,9 @@ Built on detectron2's :class:`COCOEvaluator` (which gathers the predictions of a
 the main one, so it is correct when distributed). The extra numbers are read from the same
 ``COCOeval`` accumulation, restricted to a set of categories exactly as ``COCOeval.summarize``
 averages (the mean over IoU thresholds, recall points and categories of the valid precisions).
+
+Evaluators are chosen by the test set's ``evaluator_type`` (metadata) among the classes of
+:data:`FSOD_EVALUATOR_REGISTRY`; each declares the types it evaluates in ``evaluator_types``.
 """
 
 import logging
@@ -12,10 +15,28 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.logger import create_small_table
+from detectron2.utils.registry import Registry
+
+from ..data.datasets.coco_fewshot import subset_class_ids
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EVALUATOR_TYPES", "FsodCOCOEvaluator", "summarize_categories"]
+__all__ = [
+    "FSOD_EVALUATOR_REGISTRY",
+    "FsodCOCOEvaluator",
+    "evaluator_class",
+    "evaluator_types",
+    "summarize_categories",
+]
+
+FSOD_EVALUATOR_REGISTRY = Registry("FSOD_EVALUATOR")
+FSOD_EVALUATOR_REGISTRY.__doc__ = """
+Evaluators of few-shot test sets. A registered class lists the dataset ``evaluator_type`` values
+it evaluates in its ``evaluator_types`` attribute and is built by the trainer as
+``cls(dataset_name, output_dir=..., class_ids=...)`` (see :class:`FsodCOCOEvaluator`). Test sets
+of an ``evaluator_type`` no registered class lists are refused at start. VOC sets are
+registered as "coco" (COCO-style AP).
+"""
 
 # (metric, IoU threshold index or None for the mean over 0.50:0.95, area range index)
 # in the order of COCOeval.summarize; area ranges: all, small, medium, large.
@@ -46,6 +67,7 @@ def summarize_categories(coco_eval, category_ids: Sequence[int]) -> Dict[str, fl
     return out
 
 
+@FSOD_EVALUATOR_REGISTRY.register()
 class FsodCOCOEvaluator(COCOEvaluator):
     """:class:`COCOEvaluator` with base/novel results: ``AP``... over the evaluated classes,
     ``bAP``, ``bAP50``, ... over base classes and ``nAP``, ``nAP50``, ... over novel classes.
@@ -56,6 +78,8 @@ class FsodCOCOEvaluator(COCOEvaluator):
     (``base_ids``/``novel_ids``, contiguous; see :func:`fsod_d2.data.register_fewshot_coco`).
     A group with no ground truth in the dataset reports NaN.
     """
+
+    evaluator_types = ("coco",)
 
     def __init__(
         self,
@@ -71,7 +95,8 @@ class FsodCOCOEvaluator(COCOEvaluator):
         Args:
             dataset_name, tasks, distributed, output_dir, kwargs: see :class:`COCOEvaluator`
                 (FsodRCNN predicts boxes only, hence ``tasks=("bbox",)``).
-            class_ids: contiguous ids of the evaluated classes (default: all).
+            class_ids: contiguous ids of the evaluated classes (default: every class the
+                dataset annotates, :func:`fsod_d2.data.subset_class_ids`).
         """
         super().__init__(dataset_name, tasks, distributed, output_dir, **kwargs)
         self.dataset_name = dataset_name
@@ -87,15 +112,12 @@ class FsodCOCOEvaluator(COCOEvaluator):
     def category_groups(self) -> Dict[str, List[int]]:
         """Prefix -> contiguous class ids: "" (evaluated), "b" (base), "n" (novel)."""
         meta = self._metadata
-        evaluated = (
-            list(range(len(meta.thing_classes))) if self.class_ids is None else self.class_ids
-        )
+        evaluated = subset_class_ids(meta) if self.class_ids is None else self.class_ids
         groups = {"": evaluated}
-        for prefix, key in (("b", "base_ids"), ("n", "novel_ids")):
-            ids = meta.get(key)
-            if ids is None:
-                continue
-            groups[prefix] = [c for c in evaluated if c in set(ids)]
+        if meta.get("base_ids") is not None:  # registered with a base/novel split
+            for prefix, subset in (("b", "base"), ("n", "novel")):
+                ids = set(subset_class_ids(meta, subset))
+                groups[prefix] = [c for c in evaluated if c in ids]
         return groups
 
     def _no_detection_results(self, category_ids: Sequence[int]) -> Dict[str, float]:
@@ -133,6 +155,14 @@ class FsodCOCOEvaluator(COCOEvaluator):
         return results
 
 
-# The evaluator of each dataset ``evaluator_type`` (metadata) that fsod-d2 evaluates; the
-# trainer refuses other types at start. VOC sets are registered as "coco" (COCO-style AP).
-EVALUATOR_TYPES = {"coco": FsodCOCOEvaluator}
+def evaluator_class(evaluator_type: str) -> Optional[type]:
+    """The registered evaluator class that evaluates datasets of ``evaluator_type``, or None."""
+    for _, cls in FSOD_EVALUATOR_REGISTRY:
+        if evaluator_type in getattr(cls, "evaluator_types", ()):
+            return cls
+    return None
+
+
+def evaluator_types() -> List[str]:
+    """Every dataset ``evaluator_type`` a registered evaluator evaluates, sorted."""
+    return sorted({t for _, cls in FSOD_EVALUATOR_REGISTRY for t in cls.evaluator_types})

@@ -24,6 +24,10 @@ class FrozenBNConv2d(Conv2d):
     """
 
     def forward(self, x):
+        # The same arithmetic as torch.nn.utils.fusion.fuse_conv_bn_weights, which cannot be
+        # used here: it returns new leaf nn.Parameters (detached from the conv weight), so in
+        # training no gradient would reach the trainable convolutions. The fold is recomputed
+        # per call because the conv weight changes with every optimizer step.
         norm = self.norm
         scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
         shift = norm.bias - norm.running_mean * scale

@@ -140,7 +140,14 @@ def first_true(mask: Tensor, count: int) -> Tensor:
 
 
 def pooler_rois(batch_idx: Tensor, boxes: Tensor) -> Tensor:
-    """(M,) image indices and (M, 4) boxes -> the (M, 5) format of detectron2's ROI poolers."""
+    """(M,) image indices and (M, 4) boxes -> the (M, 5) format of detectron2's ROI poolers.
+
+    detectron2's ``convert_boxes_to_pooler_format`` does not fit this layout: it takes one
+    ``Boxes`` per image (splitting these flat tensors per image needs the counts on the host)
+    and rebuilds the image index with ``repeat_interleave`` over the per-image counts, which on
+    a GPU synchronises to size its output. Here the image index of each box is already a device
+    tensor, in pair order (not grouped by image), so only the concatenation is left.
+    """
     return cat([batch_idx[:, None].to(boxes.dtype), boxes], dim=1)
 
 

@@ -1,6 +1,6 @@
 """Utilities: file helpers, statistics, visualization."""
 
-from .files import atomic_write, datasets_root
+from .files import atomic_write, datasets_root, expand_path
 from .stats import mean_std
 
-__all__ = ["atomic_write", "datasets_root", "mean_std"]
+__all__ = ["atomic_write", "datasets_root", "expand_path", "mean_std"]

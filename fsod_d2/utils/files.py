@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from typing import IO
 
-__all__ = ["atomic_write", "datasets_root"]
+__all__ = ["atomic_write", "datasets_root", "expand_path"]
 
 
 def datasets_root() -> str:
     """Root of all datasets: ``$DETECTRON2_DATASETS`` (default ``datasets``, as detectron2),
     with ``~`` and ``$VARS`` expanded."""
     return os.path.expanduser(os.path.expandvars(os.getenv("DETECTRON2_DATASETS", "datasets")))
+
+
+_DATASETS_VAR = re.compile(r"\$(?:DETECTRON2_DATASETS\b|\{DETECTRON2_DATASETS\})")
+
+
+def expand_path(path: str) -> str:
+    """``path`` with ``~`` and ``$VARS`` expanded, where ``$DETECTRON2_DATASETS`` (or
+    ``${DETECTRON2_DATASETS}``) is :func:`datasets_root` also when the variable is unset, as the
+    docs promise; other unset variables stay as written."""
+    if "DETECTRON2_DATASETS" not in os.environ:
+        path = _DATASETS_VAR.sub(lambda _: datasets_root(), path)
+    return os.path.expanduser(os.path.expandvars(path))
 
 
 @contextlib.contextmanager

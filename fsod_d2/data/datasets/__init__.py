@@ -6,6 +6,7 @@ from .coco_fewshot import (
     load_fewshot_coco_json,
     register_fewshot_coco,
     register_from_config,
+    subset_class_ids,
 )
 from .voc_fewshot import register_fewshot_voc, voc_to_coco
 
@@ -17,6 +18,7 @@ __all__ = [
     "register_fewshot_coco",
     "register_fewshot_voc",
     "register_from_config",
+    "subset_class_ids",
     "voc_to_coco",
 ]
 

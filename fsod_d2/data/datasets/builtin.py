@@ -47,10 +47,21 @@ from .coco_fewshot import datasets_root, register_fewshot_coco
 from .toy_categories import toy_category_id, toy_split
 from .voc_fewshot import register_fewshot_voc, voc_categories
 
-__all__ = ["FSOD_SPLITS_DIR", "builtin_kshot_json", "register_all_fewshot"]
+__all__ = [
+    "FSOD_SPLITS_DIR",
+    "TOY_FOLDERS",
+    "TOY_SPLIT",
+    "builtin_kshot_json",
+    "register_all_fewshot",
+]
 
 # Directory (under the datasets root) of the files written by tools/prepare_fewshot_splits.py.
 FSOD_SPLITS_DIR = "fsod_splits"
+# Folders (under the datasets root) of the registered toy datasets, tools/make_toy_dataset.py
+# without and with --hard, and their class split (num_base, num_novel): the tool refuses to
+# write another split there.
+TOY_FOLDERS = ("fsod_toy", "fsod_toy_hard")
+TOY_SPLIT = (20, 5)
 
 # protocol -> (query/train json, image root, prefix of K-shot files, shots)
 _COCO_PROTOCOLS = {
@@ -142,9 +153,9 @@ def _register_voc(root: str) -> None:
 
 
 def _register_toy(root: str) -> None:
-    base, novel = toy_split()
+    base, novel = toy_split(*TOY_SPLIT)
     cats = [{"id": toy_category_id(n), "name": n} for n in base + novel]
-    for folder in ("fsod_toy", "fsod_toy_hard"):  # make_toy_dataset.py [--hard]
+    for folder in TOY_FOLDERS:
         for split in ("train", "val"):
             register_fewshot_coco(
                 f"{folder}_{split}",

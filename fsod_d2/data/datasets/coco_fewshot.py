@@ -30,7 +30,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from ...utils.files import datasets_root
+from ...utils.files import datasets_root, expand_path
 from ..splits import resolve_classes
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ __all__ = [
     "register_fewshot_dataset",
     "register_from_config",
     "split_metadata",
+    "subset_class_ids",
 ]
 
 # Which annotations a registered variant keeps, and the name suffix of each variant.
@@ -125,13 +126,27 @@ def split_metadata(
     }
 
 
-def subset_ids(metadata: Any, subset: str) -> list[int]:
-    """Contiguous ids whose annotations a variant keeps."""
-    if subset == "base":
-        return list(metadata.base_ids)
-    if subset == "novel":
-        return list(metadata.novel_ids)
-    return sorted(list(metadata.base_ids) + list(metadata.novel_ids))
+def subset_class_ids(metadata: Any, subset: str | None = None) -> list[int]:
+    """Contiguous ids of the classes whose annotations a registered dataset keeps, sorted:
+    ``base_ids`` for the ``_base`` variant, ``novel_ids`` for ``_novel``, every class of
+    ``thing_classes`` otherwise (also for a dataset registered without a few-shot split).
+
+    ``subset`` ("all", "base" or "novel") defaults to the dataset's own (``metadata.subset``,
+    else "all"). The one place of this rule: loaders, config checks, the trainer's choice of
+    prototypes and the evaluator's groups all call it.
+    """
+    subset = metadata.get("subset", "all") if subset is None else subset
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {sorted(SUBSETS)}, not {subset!r}")
+    if subset == "all":
+        return list(range(len(metadata.get("thing_classes", []))))
+    ids = metadata.get(f"{subset}_ids")
+    if ids is None:
+        raise ValueError(
+            f"dataset {metadata.get('name', '?')!r} has no base/novel split ({subset}_ids): "
+            "register it with fsod_d2.data.register_fewshot_coco"
+        )
+    return sorted(int(c) for c in ids)
 
 
 def _box_is_valid(bbox_xyxy: Sequence[float], width: int | None, height: int | None) -> bool:
@@ -250,7 +265,7 @@ def load_fewshot_coco_json(json_file: str, image_root: str, dataset_name: str) -
             "; ".join(f"{n} {w}" for n, w in what if n),
         )
     records = [images[k] for k in sorted(images, key=lambda x: (str(type(x)), x))]
-    return clean_records(records, subset_ids(meta, meta.subset), dataset_name, json_file)
+    return clean_records(records, subset_class_ids(meta), dataset_name, json_file)
 
 
 def _same_registration(name: str, fields: dict[str, Any]) -> bool:
@@ -359,7 +374,8 @@ def parse_register_entry(entry: str) -> dict[str, str]:
     ``split=<file.json>`` reads both from a file ``{"base": [...], "novel": [...]}`` shared by the
     entries of one dataset. ``kshots=<dir>`` also registers every ``*_<K>shot_seed<S>.json`` in
     that folder (``tools/prepare_fewshot_splits.py json`` output) as ``<name>_<K>shot_seed<S>``.
-    Paths may use ``$VARS`` and ``~``.
+    Paths may use ``$VARS`` and ``~``; ``$DETECTRON2_DATASETS`` is the datasets root (default
+    ``datasets``) also when the variable is unset.
     """
     fields: dict[str, str] = {}
     for part in entry.split(";"):
@@ -385,7 +401,7 @@ def parse_register_entry(entry: str) -> dict[str, str]:
         )
     for k in ("json", "images", "split", "kshots"):
         if k in fields:
-            fields[k] = os.path.expanduser(os.path.expandvars(fields[k]))
+            fields[k] = expand_path(fields[k])
     if fields.get("split"):
         fields.update(_read_split_file(fields["split"]))
     return fields

@@ -1,8 +1,11 @@
 """PASCAL VOC as few-shot datasets: XML loading with a base/novel split, and conversion to COCO.
 
 Query/evaluation sets read the VOC XML directly (image ids are the VOC file ids) and are
-evaluated COCO-style like every few-shot set (``evaluator_type`` "coco": AP, AP50 and bAP/nAP;
-AP50 is the all-point area under the precision/recall curve, not the 11-point VOC07 metric).
+evaluated COCO-style like every few-shot set (``evaluator_type`` "coco", pycocotools: AP, AP50
+and bAP/nAP). AP50 is COCO's AP at IoU 0.5: the interpolated precision averaged over 101 recall
+points, at most 100 detections per image, "difficult" objects as crowd regions (not counted as
+misses; detections on them are ignored). It is not the 11-point VOC07 AP that detectron2's
+``PascalVOCDetectionEvaluator`` reports on VOC2007 test.
 K-shot sets are COCO JSON files prepared by ``tools/prepare_fewshot_splits.py voc`` from the same
 XML via :func:`voc_to_coco`.
 
@@ -21,7 +24,12 @@ from detectron2.data import MetadataCatalog
 from detectron2.structures import BoxMode
 
 from ..splits import VOC_CLASSES
-from .coco_fewshot import clean_records, register_fewshot_dataset, split_metadata, subset_ids
+from .coco_fewshot import (
+    clean_records,
+    register_fewshot_dataset,
+    split_metadata,
+    subset_class_ids,
+)
 
 __all__ = [
     "load_voc_xml",
@@ -103,7 +111,7 @@ def load_fewshot_voc(dirs_splits: Sequence[tuple[str, str]], dataset_name: str) 
         for ann in r["annotations"]:
             ann["category_id"] = id_map.get(ann["category_id"], -1)
     source = " + ".join(f"{d}:{s}" for d, s in dirs_splits)
-    return clean_records(records, subset_ids(meta, meta.subset), dataset_name, source)
+    return clean_records(records, subset_class_ids(meta), dataset_name, source)
 
 
 def register_fewshot_voc(

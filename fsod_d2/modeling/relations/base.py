@@ -185,8 +185,8 @@ def _rename_v1_keys(state_dict: Dict[str, Tensor], prefix: str) -> None:
 def build_relations(names: Sequence[str], channels: int, hidden: int) -> MultiRelation:
     """The :class:`MultiRelation` of the registered branches ``names`` (MODEL.FSOD.RELATIONS)."""
     names = [str(n) for n in names]
-    known = sorted(RELATION_REGISTRY._obj_map)
-    unknown = [n for n in names if n not in known]
+    known = sorted(name for name, _ in RELATION_REGISTRY)
+    unknown = [n for n in names if n not in RELATION_REGISTRY]
     if unknown or len(set(names)) != len(names):
         raise ValueError(
             f"MODEL.FSOD.RELATIONS={names}: each entry must be a registered relation branch, "
