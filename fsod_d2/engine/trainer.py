@@ -40,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..config import setup_cfg  # noqa: F401  (re-exported: fsod_d2.engine.setup_cfg)
 from ..data import build_episodic_train_loader, build_support_set
 from ..evaluation import EVALUATOR_TYPES
+from ..modeling.checkpoint import FsodCheckpointer
 from ..modeling.support import PrototypeSet, StalePrototypeError, support_fingerprint
 from ..utils.files import atomic_write
 from .checks import check_config, support_dataset_required
@@ -108,8 +109,10 @@ class FsodTrainer(DefaultTrainer):
     """DefaultTrainer for FsodRCNN: episodic loader, few-shot evaluation, throughput and GPU
     hooks, explained OOM errors, CPU multi-process and AMP. See the module docstring."""
 
-    def __init__(self, cfg: CfgNode):
+    def __init__(self, cfg: CfgNode, *, config_file: str = ""):
+        """``config_file``: the file ``cfg`` was read from, named in messages about weights."""
         check_config(cfg)  # before the model, the support cache and the loader are built
+        self.config_file = config_file
         with _cpu_ddp_support(cfg.MODEL.DEVICE):
             super().__init__(cfg)
         if cfg.SOLVER.AMP.ENABLED:  # detectron2's AMPTrainer asserts CUDA
@@ -179,6 +182,9 @@ class FsodTrainer(DefaultTrainer):
         return DatasetEvaluators([evaluator])
 
     def build_hooks(self):
+        # DefaultTrainer.__init__ made a DetectionCheckpointer right before calling this: ours
+        # loads the same files and refuses weights of another model with one line
+        self.checkpointer = FsodCheckpointer.like(self.checkpointer, config_file=self.config_file)
         hooks = super().build_hooks()
         cfg = self.cfg
         extra = [ThroughputHook(cfg.SOLVER.IMS_PER_BATCH, cfg.FSOD.N_WAY * cfg.FSOD.K_SHOT)]
