@@ -9,7 +9,11 @@ import argparse
 import logging
 import os
 
+import fsod_d2  # noqa: F401  (first: silences known import warnings of its dependencies)
+
+# isort: split
 from fsod_d2.utils import datasets_root
+from fsod_d2.utils.cli import UsageError, check_output_dir, one_line_errors
 from fsod_datagen.shapes import generate_toy_dataset
 
 logger = logging.getLogger("fsod_d2.make_toy_dataset")
@@ -39,22 +43,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@one_line_errors("make_toy_dataset.py")
 def main(argv: list[str] | None = None) -> dict:
+    """Generate the dataset; bad options or an output folder that cannot be written stop the
+    tool with one line (exit code 1) before anything is generated."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
-    result = generate_toy_dataset(
-        args.root or _default_root(args.hard),
-        num_base=args.num_base,
-        num_novel=args.num_novel,
-        num_train=args.num_train,
-        num_val=args.num_val,
-        image_size=tuple(args.image_size),
-        min_objects=args.min_objects,
-        max_objects=args.max_objects,
-        seed=args.seed,
-        difficulty="hard" if args.hard else "easy",
-        overwrite=args.overwrite,
-    )
+    root = args.root if args.root is not None else _default_root(args.hard)
+    check_output_dir(root, "--root")
+    try:
+        result = generate_toy_dataset(
+            root,
+            num_base=args.num_base,
+            num_novel=args.num_novel,
+            num_train=args.num_train,
+            num_val=args.num_val,
+            image_size=tuple(args.image_size),
+            min_objects=args.min_objects,
+            max_objects=args.max_objects,
+            seed=args.seed,
+            difficulty="hard" if args.hard else "easy",
+            overwrite=args.overwrite,
+        )
+    except (ValueError, FileExistsError) as e:  # bad sizes or counts; other data at --root
+        raise UsageError(str(e).replace("overwrite=True", "--overwrite")) from None
     s = result["stats"]
     logger.info(
         "%s: %d images (%d train / %d val), %d classes (%d base + %d novel), %d boxes, %.1f s",

@@ -9,26 +9,26 @@
 --num-gpus is the number of processes per machine: all visible GPUs by default, 1 without
 GPUs; without GPUs, --num-gpus N spawns N CPU processes (GLOO). Multi-node: --num-machines,
 --machine-rank, --dist-url tcp://HOST:PORT on every machine.
+
+A mistake in the config, its datasets, OUTPUT_DIR or MODEL.WEIGHTS (weights of another config
+included) stops the tool with one line before any process starts (exit code 1).
 """
 
 import logging
 import os
-import sys
 
+import fsod_d2  # noqa: F401  (first: registers components, silences known import warnings)
+
+# isort: split
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from fsod_d2.engine import (
-    ConfigError,
-    DatasetNotFoundError,
-    FsodTrainer,
-    check_config,
-    setup_cfg,
-)
+from fsod_d2.engine import FsodTrainer, check_config, setup_cfg
+from fsod_d2.modeling.checkpoint import FsodCheckpointer, check_weights_fit
+from fsod_d2.utils.cli import check_output_dir, check_weights_file, one_line_errors
 
 logger = logging.getLogger("fsod_d2.train_net")
 
@@ -63,7 +63,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = FsodTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        FsodCheckpointer(model, cfg.OUTPUT_DIR, config_file=args.config_file).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = FsodTrainer.test(cfg, model)
@@ -71,25 +71,31 @@ def main(args):
             verify_results(cfg, res)
         return res
 
-    trainer = FsodTrainer(cfg)
+    trainer = FsodTrainer(cfg, config_file=args.config_file)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
 def check(args) -> None:
-    """Stop before spawning processes if the config cannot work: a dataset missing or not
-    registered, evaluation without (suitable) supports (with what to do about it)."""
-    try:
-        check_config(setup_cfg(args.config_file, args.opts))
-    except (ConfigError, DatasetNotFoundError) as e:
-        logger.error("%s", e)
-        sys.exit(2)
+    """Stop before spawning processes if the config cannot work: a config key or file, a
+    dataset missing or not registered, evaluation without (suitable) supports, an OUTPUT_DIR
+    that cannot be written, a MODEL.WEIGHTS file that does not exist or holds weights of
+    another model."""
+    cfg = setup_cfg(args.config_file, args.opts)
+    check_config(cfg)
+    check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    # detectron2's record of the last checkpoint, which --resume loads instead of MODEL.WEIGHTS
+    resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if cfg.MODEL.WEIGHTS and not resuming:
+        check_weights_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
+        check_weights_fit(cfg, config_file=args.config_file)  # before data and processes
 
 
-if __name__ == "__main__":
-    args = parse_args()
+@one_line_errors("train_net.py")
+def run(argv=None):
+    args = parse_args(argv)
     check(args)
-    launch(
+    return launch(
         main,
         args.num_gpus,
         num_machines=args.num_machines,
@@ -97,3 +103,7 @@ if __name__ == "__main__":
         dist_url=args.dist_url,
         args=(args,),
     )
+
+
+if __name__ == "__main__":
+    run()
