@@ -240,6 +240,7 @@ def test_aggregate_seeds(tmp_path):
             "dataset": "toy_val",
             "k_shot": 3,
             "seed": seed,
+            "weights": "model_final.pth",  # one model evaluated into three folders
             "metrics": {"bbox": {"AP": ap, "nAP": ap / 2, "bAP": float("nan")}},
         }
         (d / f"fsod_metrics_3shot_seed{seed}.json").write_text(json.dumps(record))

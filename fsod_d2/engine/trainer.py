@@ -299,6 +299,7 @@ class FsodTrainer(DefaultTrainer):
             "k_shot": cfg.FSOD.TEST.K_SHOT,
             "seed": cfg.FSOD.TEST.SEED,
             "weights": cfg.MODEL.WEIGHTS,
+            "weights_fingerprint": prototypes.weights_fingerprint,  # the evaluated weights
             "classes": prototypes.class_names,
             "metrics": {task: dict(m) for task, m in result.items()},
         }
