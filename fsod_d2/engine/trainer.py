@@ -43,6 +43,7 @@ from ..evaluation import EVALUATOR_TYPES
 from ..modeling.checkpoint import FsodCheckpointer
 from ..modeling.support import PrototypeSet, StalePrototypeError, support_fingerprint
 from ..utils.files import atomic_write
+from ..utils.text import count
 from .checks import check_config, support_dataset_required
 from .hooks import GPUStatsHook, ThroughputHook, explain_oom
 from .precision import needs_grad_scaler, resolve_amp_dtype
@@ -222,7 +223,9 @@ class FsodTrainer(DefaultTrainer):
             fingerprint = support_fingerprint(images, boxes, class_ids, t.K_SHOT)
             try:
                 prototypes = model.load_prototypes(t.PROTOTYPE_FILE, support_fp=fingerprint)
-                logger.info("Loaded %d class prototypes from %s", len(prototypes), t.PROTOTYPE_FILE)
+                logger.info(
+                    "Loaded %s from %s", count(len(prototypes), "class prototype"), t.PROTOTYPE_FILE
+                )
                 return prototypes
             except StalePrototypeError as e:
                 logger.info("Recomputing prototypes: %s", e)
@@ -278,10 +281,9 @@ class FsodTrainer(DefaultTrainer):
     def _report(cfg: CfgNode, name: str, prototypes: PrototypeSet, result: Dict) -> None:
         bbox = result.get("bbox", {})
         logger.info(
-            "%s (%d classes, %d-shot supports of %s, seed %d): AP %.2f | bAP %.2f | nAP %.2f | "
-            "nAP50 %.2f",
+            "%s (%s, %d-shot supports of %s, seed %d): AP %.2f | bAP %.2f | nAP %.2f | nAP50 %.2f",
             name,
-            len(prototypes),
+            count(len(prototypes), "class"),
             cfg.FSOD.TEST.K_SHOT,
             cfg.FSOD.TEST.SUPPORT_DATASET,
             cfg.FSOD.TEST.SEED,
