@@ -20,7 +20,7 @@ from detectron2.config import get_cfg
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConfigLoadError", "add_fsod_config", "setup_cfg"]
+__all__ = ["ConfigKeyError", "ConfigLoadError", "add_fsod_config", "setup_cfg"]
 
 # the checkout's configs/ (absent when the package is installed without its checkout)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -28,8 +28,16 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 class ConfigLoadError(ValueError):
     """A config file or override that cannot be merged: a file that does not exist, invalid
-    YAML, a key that does not exist (with the closest existing key), a value of the wrong type.
-    The message is one line naming the file or override and the fix."""
+    YAML, a key that does not exist (with the closest existing key), a value of the wrong type,
+    a bad ``FSOD.REGISTER`` entry. The message is one line naming the file or override and the
+    fix."""
+
+
+class ConfigKeyError(ConfigLoadError, KeyError):
+    """A key that does not exist or was renamed (a KeyError, as yacs raises for these)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 def setup_cfg(config_file: str = "", opts: Sequence[str] = (), *, freeze: bool = True) -> CN:
@@ -83,7 +91,7 @@ def _merge_file(cfg: CN, config_file: str) -> None:
             "_BASE_ path (relative to the file that names it)"
         ) from None
     except (KeyError, AssertionError, ValueError) as e:
-        raise ConfigLoadError(_merge_error(cfg, e, where)) from None
+        raise _merge_error(cfg, e, where) from None
 
 
 def _merge_opts(cfg: CN, opts: list) -> None:
@@ -95,7 +103,7 @@ def _merge_opts(cfg: CN, opts: list) -> None:
     try:
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError, ValueError) as e:
-        raise ConfigLoadError(_merge_error(cfg, e, "config override")) from None
+        raise _merge_error(cfg, e, "config override") from None
 
 
 _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
@@ -104,7 +112,7 @@ _TYPE_MISMATCH = re.compile(
 )
 
 
-def _merge_error(cfg: CN, e: Exception, where: str) -> str:
+def _merge_error(cfg: CN, e: Exception, where: str) -> ConfigLoadError:
     """One line for yacs' errors (unknown key, wrong type, renamed key)."""
     text = str(e.args[0]) if e.args else str(e)
     unknown = _UNKNOWN_KEY.search(text)
@@ -112,15 +120,17 @@ def _merge_error(cfg: CN, e: Exception, where: str) -> str:
         key = unknown.group(1)
         close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}?" if close else "see fsod_d2/config.py for the keys"
-        return f"{where}: {key} is not a config key; {hint}"
+        return ConfigKeyError(f"{where}: {key} is not a config key; {hint}")
     mismatch = _TYPE_MISMATCH.search(text)
     if mismatch:
         expected, given, current, value, key = mismatch.groups()
-        return (
+        return ConfigLoadError(
             f"{where}: {key} takes a value of {_type_name(expected)} (like {current}), not "
             f"{value!r} ({_type_name(given)})"
         )
-    return f"{where}: {text}"
+    if isinstance(e, KeyError):  # a renamed key: yacs' message says what to write instead
+        return ConfigKeyError(f"{where}: {text}")
+    return ConfigLoadError(f"{where}: {text}")
 
 
 def _type_name(text: str) -> str:

@@ -98,7 +98,8 @@ class FsodCheckpointer(DetectionCheckpointer):
         return f"the model of {self.config_file}" if self.config_file else "this config's model"
 
     def load(self, path: str, *args, **kwargs):
-        if path and "://" not in path and not os.path.isfile(path):
+        local = (path or "").split("?", 1)[0]  # detectron2 reads options after "?" (f.pth?...)
+        if path and "://" not in path and not os.path.isfile(local):
             raise WeightsFileError(
                 f"weights file {path} does not exist; give the model_final.pth that "
                 "tools/train_net.py wrote to its OUTPUT_DIR (MODEL.WEIGHTS, or --weights)"

@@ -143,6 +143,7 @@ def check_weights_file(weights: str, option: str = "MODEL.WEIGHTS") -> None:
         raise UsageError(f"no model weights ({option} is empty); {fix}")
     if "://" in weights:
         return
+    weights = weights.split("?", 1)[0]  # detectron2 reads options after "?" (file.pth?...)
     if not os.path.exists(weights):
         raise UsageError(f"{option} {weights}: no such file; {fix}")
     if not os.path.isfile(weights):
