@@ -106,6 +106,7 @@ def _merge_opts(cfg: CN, opts: list) -> None:
         raise _merge_error(cfg, e, "config override") from None
 
 
+_KEYS_HELP = "the keys are in fsod_d2/config.py and detectron2/config/defaults.py"
 _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
 _TYPE_MISMATCH = re.compile(
     r"Type mismatch \((.+) vs\. (.+)\) with values \((.*) vs\. (.*)\) for config key: (\S+)"
@@ -118,8 +119,8 @@ def _merge_error(cfg: CN, e: Exception, where: str) -> ConfigLoadError:
     unknown = _UNKNOWN_KEY.search(text)
     if unknown:
         key = unknown.group(1)
-        close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else "see fsod_d2/config.py for the keys"
+        close = _closest_key(cfg, key)
+        hint = f"did you mean {close}?" if close else _KEYS_HELP
         return ConfigKeyError(f"{where}: {key} is not a config key; {hint}")
     mismatch = _TYPE_MISMATCH.search(text)
     if mismatch:
@@ -131,6 +132,22 @@ def _merge_error(cfg: CN, e: Exception, where: str) -> ConfigLoadError:
     if isinstance(e, KeyError):  # a renamed key: yacs' message says what to write instead
         return ConfigKeyError(f"{where}: {text}")
     return ConfigLoadError(f"{where}: {text}")
+
+
+def _closest_key(cfg: CN, key: str) -> str:
+    """The existing key ``key`` most likely meant: a sibling with a similar name, else a key
+    with the same name in another section, else a similar full key ("" if none)."""
+    keys = list(_all_keys(cfg))
+    parent, _, leaf = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in keys if k.rpartition(".")[0] == parent}
+    close = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.75)
+    if close:
+        return siblings[close[0]]
+    moved = [k for k in keys if k.rpartition(".")[2] == leaf]
+    if moved:
+        return moved[0]
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.85)
+    return close[0] if close else ""
 
 
 def _type_name(text: str) -> str:
