@@ -14,6 +14,12 @@ except ImportError as e:  # pragma: no cover - exercised by tests with detectron
         " (set DETECTRON2_SRC=/path/to/clone for a local copy). Original error: " + str(e)
     ) from e
 
+# before detectron2's modeling code: its dependencies warn at import about things users cannot
+# change (fsod_d2/utils/known_warnings.py lists each message)
+from .utils.known_warnings import silence_known_warnings  # noqa: E402
+
+silence_known_warnings()
+
 # evaluation is imported where used: detectron2.evaluation needs the compiled detectron2._C,
 # while the model and data (everything that registers) run on detectron2's Python sources alone.
 from . import data, modeling  # noqa: F401,E402  (registers components)

@@ -6,36 +6,199 @@ under ``cfg.MODEL.FSOD``. :func:`setup_cfg` builds the config of a file and comm
 overrides; the tools, the trainer, the benchmarks and the tests all use it.
 """
 
+import difflib
 import logging
-from collections.abc import Sequence
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
+import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_fsod_config", "setup_cfg"]
+__all__ = ["ConfigKeyError", "ConfigLoadError", "add_fsod_config", "setup_cfg"]
+
+# the checkout's configs/ (absent when the package is installed without its checkout)
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class ConfigLoadError(ValueError):
+    """A config file or override that cannot be merged: a file that does not exist, invalid
+    YAML, a key that does not exist (with the closest existing key), a value of the wrong type,
+    a bad ``FSOD.REGISTER`` entry. The message is one line naming the file or override and the
+    fix."""
+
+
+class ConfigKeyError(ConfigLoadError, KeyError):
+    """A key that does not exist or was renamed (a KeyError, as yacs raises for these)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 def setup_cfg(config_file: str = "", opts: Sequence[str] = (), *, freeze: bool = True) -> CN:
     """detectron2's defaults + fsod keys, merged with ``config_file`` and ``opts`` (KEY VALUE
     ...); the datasets declared in ``FSOD.REGISTER`` are registered. Without CUDA, a ``cuda``
-    MODEL.DEVICE falls back to the CPU (with a warning). Returns the cfg, frozen unless
-    ``freeze=False`` (call detectron2's ``default_setup`` on it for logging/output)."""
+    MODEL.DEVICE falls back to the CPU (with a warning; configs written for the CPU say
+    ``cpu``). Returns the cfg, frozen unless ``freeze=False`` (call detectron2's
+    ``default_setup`` on it for logging/output).
+
+    Raises:
+        ConfigLoadError: the file or an override cannot be merged (one line, see the class).
+    """
     from .data.datasets import register_from_config  # the data package imports this module
 
     cfg = add_fsod_config(get_cfg())
     if config_file:
-        cfg.merge_from_file(str(config_file))
-    cfg.merge_from_list(list(opts or ()))
+        _merge_file(cfg, str(config_file))
+    _merge_opts(cfg, list(opts or ()))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
-    register_from_config(cfg)
+    elif cfg.MODEL.DEVICE == "cpu" and torch.cuda.is_available():
+        logger.info("MODEL.DEVICE is cpu; MODEL.DEVICE cuda runs this config on the GPU")
+    try:
+        register_from_config(cfg)
+    except (ValueError, FileNotFoundError) as e:  # a bad entry, a missing annotation file
+        text = str(e)
+        raise ConfigLoadError(
+            text if "FSOD.REGISTER" in text else f"FSOD.REGISTER: {text}"
+        ) from None
     if freeze:
         cfg.freeze()
     return cfg
+
+
+# ---------------------------------------------------------------------------- merge errors
+def _merge_file(cfg: CN, config_file: str) -> None:
+    if not os.path.isfile(config_file):
+        raise ConfigLoadError(_missing_config_file(config_file))
+    where = f"config file {config_file}"
+    try:
+        cfg.merge_from_file(config_file)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1} of {mark.name}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigLoadError(f"{where}: not valid YAML ({problem}{at})") from None
+    except FileNotFoundError as e:  # a _BASE_ file
+        raise ConfigLoadError(
+            f"{where}: the file it inherits (_BASE_) {e.filename} does not exist; correct its "
+            "_BASE_ path (relative to the file that names it)"
+        ) from None
+    except (KeyError, AssertionError, ValueError) as e:
+        raise _merge_error(cfg, e, where) from None
+
+
+def _merge_opts(cfg: CN, opts: list) -> None:
+    if len(opts) % 2:
+        raise ConfigLoadError(
+            f"config overrides must be KEY VALUE pairs; got an odd number of words: {opts} "
+            "(quote a value that contains spaces)"
+        )
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, AssertionError, ValueError) as e:
+        raise _merge_error(cfg, e, "config override") from None
+
+
+_KEYS_HELP = "the keys are in fsod_d2/config.py and detectron2/config/defaults.py"
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
+_TYPE_MISMATCH = re.compile(
+    r"Type mismatch \((.+) vs\. (.+)\) with values \((.*) vs\. (.*)\) for config key: (\S+)"
+)
+
+
+def _merge_error(cfg: CN, e: Exception, where: str) -> ConfigLoadError:
+    """One line for yacs' errors (unknown key, wrong type, renamed key)."""
+    text = str(e.args[0]) if e.args else str(e)
+    unknown = _UNKNOWN_KEY.search(text)
+    if unknown:
+        key = unknown.group(1)
+        close = _closest_key(cfg, key)
+        hint = f"did you mean {close}?" if close else _KEYS_HELP
+        return ConfigKeyError(f"{where}: {key} is not a config key; {hint}")
+    mismatch = _TYPE_MISMATCH.search(text)
+    if mismatch:
+        expected, given, current, value, key = mismatch.groups()
+        return ConfigLoadError(
+            f"{where}: {key} takes a value of {_type_name(expected)} (like {current}), not "
+            f"{value!r} ({_type_name(given)})"
+        )
+    if isinstance(e, KeyError):  # a renamed key: yacs' message says what to write instead
+        return ConfigKeyError(f"{where}: {text}")
+    return ConfigLoadError(f"{where}: {text}")
+
+
+def _closest_key(cfg: CN, key: str) -> str:
+    """The existing key ``key`` most likely meant: a sibling with a similar name, else a key
+    with the same name in another section, else a similar full key ("" if none)."""
+    keys = list(_all_keys(cfg))
+    parent, _, leaf = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in keys if k.rpartition(".")[0] == parent}
+    close = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.75)
+    if close:
+        return siblings[close[0]]
+    moved = [k for k in keys if k.rpartition(".")[2] == leaf]
+    if moved:
+        return moved[0]
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.85)
+    return close[0] if close else ""
+
+
+def _type_name(text: str) -> str:
+    """The type name in yacs' "<class 'int'>"."""
+    found = re.search(r"'(\w+)'", text)
+    return found.group(1) if found else text
+
+
+def _all_keys(cfg: CN, prefix: str = "") -> Iterator[str]:
+    for k, v in cfg.items():
+        if isinstance(v, CN):
+            yield from _all_keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def _config_files() -> list[str]:
+    """The .yaml files under ./configs and under the checkout's configs/, as paths to give."""
+    found = []
+    for root in dict.fromkeys([Path("configs").resolve(), CONFIG_DIR]):
+        if root.is_dir():
+            found += [_shown(path) for path in sorted(root.rglob("*.yaml"))]
+    return list(dict.fromkeys(found))
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current folder if it is below it, else absolute."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def _missing_config_file(config_file: str) -> str:
+    candidates = _config_files()
+    by_name: dict[str, list[str]] = {}
+    for c in candidates:
+        by_name.setdefault(os.path.basename(c), []).append(c)
+    close = difflib.get_close_matches(os.path.normpath(config_file), candidates, n=2, cutoff=0.8)
+    names = difflib.get_close_matches(os.path.basename(config_file), list(by_name), cutoff=0.8)
+    for name in names:
+        close += [c for c in by_name[name] if c not in close]
+    if close:
+        hint = "did you mean " + " or ".join(close[:2]) + "?"
+    elif candidates:
+        root = _shown(CONFIG_DIR) if CONFIG_DIR.is_dir() else "configs"
+        hint = f"give one of the .yaml files under {root}/"
+    else:
+        hint = "give the path of a .yaml config file"
+    return f"config file {config_file} does not exist; {hint}"
 
 
 def add_fsod_config(cfg: CN) -> CN:

@@ -12,11 +12,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
 from fsod_d2.data import register_fewshot_coco
-from fsod_d2.engine import (
-    CheckpointError,
+from fsod_d2.engine import FsodTrainer
+from fsod_d2.modeling.checkpoint import (
     FsodCheckpointer,
-    FsodTrainer,
-    check_weights_file,
+    WeightsFileError,
+    check_weights_readable,
     weights_to_load,
 )
 
@@ -41,18 +41,18 @@ def files(tmp_path_factory):
 def test_bad_weights_file_is_one_line_naming_it(files, name):
     path = str(files / name)
     model = build_model(get_tiny_cfg())
-    with pytest.raises(CheckpointError) as e:
+    with pytest.raises(WeightsFileError) as e:
         FsodCheckpointer(model).resume_or_load(path, resume=False)
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith(f"Weights file {path} ")
+    assert "\n" not in msg and msg.startswith(f"weights file {path} ")
     assert ("does not exist" if name == "missing.pth" else "cannot be read") in msg
-    with pytest.raises(CheckpointError):
-        check_weights_file(path)
+    with pytest.raises(WeightsFileError):
+        check_weights_readable(path)
 
 
 def test_good_weights_file_loads(files):
-    check_weights_file(str(files / "good.pth"))
-    check_weights_file("")  # nothing to load
+    check_weights_readable(str(files / "good.pth"))
+    check_weights_readable("")  # nothing to load
     torch.manual_seed(1)
     model = build_model(get_tiny_cfg())
     saved = torch.load(files / "good.pth", weights_only=False)["model"]
@@ -79,7 +79,7 @@ def test_trainer_refuses_a_truncated_file_in_one_line(files, dataset, tmp_path):
     )  # fmt: skip
     trainer = FsodTrainer(cfg)
     assert isinstance(trainer.checkpointer, FsodCheckpointer)
-    with pytest.raises(CheckpointError, match="truncated.pth cannot be read"):
+    with pytest.raises(WeightsFileError, match="truncated.pth cannot be read"):
         trainer.resume_or_load(resume=False)
     # --resume reads the last checkpoint of OUTPUT_DIR instead of MODEL.WEIGHTS
     (tmp_path / "last_checkpoint").write_text("text.pth")
@@ -90,7 +90,7 @@ def test_trainer_refuses_a_truncated_file_in_one_line(files, dataset, tmp_path):
 
 @pytest.mark.parametrize("resume", [False, True], ids=["eval_only", "resume"])
 def test_train_net_stops_in_one_line(files, dataset, tmp_path, resume):
-    """Before any process starts: exit status 2, one error line, no traceback."""
+    """Before any process starts: exit status 1, one error line, no traceback."""
     json_path, image_root = dataset
     entry = f"name=t_ckpt_cli;json={json_path};images={image_root};base=class3,class7"
     args = ["--resume"] if resume else ["--eval-only"]
@@ -110,7 +110,7 @@ def test_train_net_stops_in_one_line(files, dataset, tmp_path, resume):
         env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 2, out
+    assert proc.returncode == 1, out
     assert "Traceback" not in out
-    errors = [line for line in out.splitlines() if f"Weights file {bad} cannot be read" in line]
+    errors = [line for line in out.splitlines() if f"weights file {bad} cannot be read" in line]
     assert len(errors) == 1, out

@@ -75,6 +75,10 @@ def test_test_k_above_the_shots_without_fallback(data):
     msg = str(e.value)
     assert msg.startswith("FSOD.TEST.K_SHOT=100 but FSOD.TEST.SUPPORT_DATASET 't_chk' has fewer")
     assert "Lower FSOD.TEST.K_SHOT to" in msg and "FSOD.STRICT_SHOTS False" in msg
+    assert "usable boxes for 3 classes: [('class3'," in msg
+    novel = ("DATASETS.TEST", "('t_chk_novel',)", "FSOD.TEST.SUPPORT_DATASET", "t_chk_novel")
+    with pytest.raises(ConfigError, match=r"usable boxes for 1 class: \[\('class11', "):
+        check_config(_cfg(data, *novel, "FSOD.TEST.K_SHOT", 100, "FSOD.STRICT_SHOTS", True))
     check_config(_cfg(data, "FSOD.TEST.K_SHOT", 100))  # the fallback: sampled with replacement
     with pytest.raises(ConfigError, match="FSOD.TEST.K_SHOT must be >= 1"):
         check_config(_cfg(data, "FSOD.TEST.K_SHOT", 0))

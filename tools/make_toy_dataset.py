@@ -14,10 +14,13 @@ import argparse
 import json
 import logging
 import os
-import sys
 
+import fsod_d2  # noqa: F401  (first: silences known import warnings of its dependencies)
+
+# isort: split
 from fsod_d2.data.datasets.builtin import TOY_FOLDERS, TOY_SPLIT
 from fsod_d2.utils import atomic_write, datasets_root
+from fsod_d2.utils.cli import UsageError, check_output_dir, one_line_errors
 from fsod_datagen.shapes import generate_toy_dataset
 
 logger = logging.getLogger("fsod_d2.make_toy_dataset")
@@ -66,30 +69,37 @@ def register_entries(result: dict) -> list[str]:
     ]
 
 
+@one_line_errors("make_toy_dataset.py")
 def main(argv: list[str] | None = None) -> dict:
+    """Generate the dataset; bad options or an output folder that cannot be written stop the
+    tool with one line (exit code 1) before anything is generated."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
-    root = args.root or _default_root(args.hard)
+    root = args.root if args.root is not None else _default_root(args.hard)
     if (args.num_base, args.num_novel) != TOY_SPLIT and _registered_folder(root):
-        sys.exit(
+        raise UsageError(
             f"--num-base {args.num_base} --num-novel {args.num_novel}: {root} holds the registered "
             f"toy datasets, which are {TOY_SPLIT[0]} base + {TOY_SPLIT[1]} novel classes; write "
             "this split to another folder with --root DIR (the tool then prints the FSOD.REGISTER "
-            "entries that register it)."
+            "entries that register it)"
         )
-    result = generate_toy_dataset(
-        root,
-        num_base=args.num_base,
-        num_novel=args.num_novel,
-        num_train=args.num_train,
-        num_val=args.num_val,
-        image_size=tuple(args.image_size),
-        min_objects=args.min_objects,
-        max_objects=args.max_objects,
-        seed=args.seed,
-        difficulty="hard" if args.hard else "easy",
-        overwrite=args.overwrite,
-    )
+    check_output_dir(root, "--root")
+    try:
+        result = generate_toy_dataset(
+            root,
+            num_base=args.num_base,
+            num_novel=args.num_novel,
+            num_train=args.num_train,
+            num_val=args.num_val,
+            image_size=tuple(args.image_size),
+            min_objects=args.min_objects,
+            max_objects=args.max_objects,
+            seed=args.seed,
+            difficulty="hard" if args.hard else "easy",
+            overwrite=args.overwrite,
+        )
+    except (ValueError, FileExistsError) as e:  # bad sizes or counts; other data at --root
+        raise UsageError(str(e).replace("overwrite=True", "--overwrite")) from None
     s = result["stats"]
     logger.info(
         "%s: %d images (%d train / %d val), %d classes (%d base + %d novel), %d boxes, %.1f s",

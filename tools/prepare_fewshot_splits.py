@@ -21,9 +21,11 @@ import argparse
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable, Iterable
 
+import fsod_d2  # noqa: F401  (first: silences known import warnings of its dependencies)
+
+# isort: split
 from fsod_d2.data.datasets.builtin import FSOD_SPLITS_DIR, builtin_kshot_json
 from fsod_d2.data.datasets.voc_fewshot import load_voc_xml, voc_to_coco
 from fsod_d2.data.splits import (
@@ -36,16 +38,33 @@ from fsod_d2.data.splits import (
     resolve_classes,
 )
 from fsod_d2.utils import datasets_root
+from fsod_d2.utils.cli import UsageError, check_output_dir, one_line_errors
 
 logger = logging.getLogger("fsod_d2.prepare_fewshot_splits")
 
 
-def _load(path: str) -> dict:
+def _load(path: str, what: str = "") -> dict:
+    """A COCO-format annotation file (images, annotations, categories); a missing, unreadable
+    or other file raises :class:`UsageError` naming it (``what``: the option that gave it)."""
+    name = f"{what} {path}" if what else path
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found (see datasets/README.md for the layout)")
+        raise UsageError(f"{name} not found (see datasets/README.md for the layout)")
     logger.info("Reading %s", path)
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            coco = json.load(f)
+    except json.JSONDecodeError as e:
+        raise UsageError(
+            f"{name}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{name} cannot be read ({e})") from None
+    keys = ("images", "annotations", "categories")
+    if not isinstance(coco, dict) or any(not isinstance(coco.get(k), list) for k in keys):
+        raise UsageError(
+            f"{name} is not a COCO annotation file (an object with the lists {', '.join(keys)})"
+        )
+    return coco
 
 
 def write_kshots(
@@ -190,17 +209,26 @@ def _support_min_box_size() -> float:
     return float(setup_cfg(freeze=False).FSOD.SUPPORT.MIN_BOX_SIZE)
 
 
+@one_line_errors("prepare_fewshot_splits.py")
 def main(argv=None) -> list[str]:
+    """Write the split files; a mistake in the options or input files stops the tool with one
+    line (exit code 1) before anything is written."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
     root = args.root or datasets_root()
+    if args.shots is not None and min(args.shots) < 1:
+        raise UsageError(f"--shots must be >= 1 (instances per class), not {args.shots}")
     if args.protocol == "json":
-        if not args.input or not args.output_dir:
-            sys.exit("json mode needs --input and --output-dir")
-        coco = _load(args.input)
+        if not args.input or args.output_dir is None:
+            raise UsageError("json mode needs --input FILE and --output-dir DIR")
+        check_output_dir(args.output_dir, "--output-dir")
+        coco = _load(args.input, "--input")
         class_ids = None
         if args.classes:
-            class_ids = resolve_classes(args.classes, coco["categories"], source=args.input)
+            try:
+                class_ids = resolve_classes(args.classes, coco["categories"], source=args.input)
+            except ValueError as e:
+                raise UsageError(f"--classes: {e}") from None
         prefix = args.prefix or os.path.splitext(os.path.basename(args.input))[0]
         return write_kshots(
             coco,
@@ -222,7 +250,11 @@ def main(argv=None) -> list[str]:
             if args.protocol == "all":
                 logger.info("Skipping %s: %s not found under %s", name, missing, root)
                 continue
-            sys.exit(f"{name}: {missing} not found under {root} (see datasets/README.md)")
+            raise UsageError(
+                f"{name}: {', '.join(missing)} not found under {root} (--root, or "
+                "$DETECTRON2_DATASETS; see datasets/README.md)"
+            )
+        check_output_dir(os.path.join(root, FSOD_SPLITS_DIR), "--root")
         written += prepare(root, args.shots or default_shots, args.seeds)
     logger.info("Wrote %d files", len(written))
     return written

@@ -9,29 +9,31 @@
 --num-gpus is the number of processes per machine: all visible GPUs by default, 1 without
 GPUs; without GPUs, --num-gpus N spawns N CPU processes (GLOO). Multi-node: --num-machines,
 --machine-rank, --dist-url tcp://HOST:PORT on every machine.
+
+A mistake in the config, its datasets, OUTPUT_DIR or MODEL.WEIGHTS (weights of another config
+included) stops the tool with one line before any process starts (exit code 1).
 """
 
 import logging
 import os
-import sys
 
+import fsod_d2  # noqa: F401  (first: registers components, silences known import warnings)
+
+# isort: split
 import torch
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from fsod_d2.engine import (
-    CheckpointError,
-    ConfigError,
-    DatasetNotFoundError,
+from fsod_d2.engine import FsodTrainer, check_config, setup_cfg
+from fsod_d2.modeling.checkpoint import (
     FsodCheckpointer,
-    FsodTrainer,
-    check_config,
-    check_weights_file,
-    setup_cfg,
+    check_weights_fit,
+    check_weights_readable,
     weights_to_load,
 )
+from fsod_d2.utils.cli import check_output_dir, check_weights_file, one_line_errors
 
 logger = logging.getLogger("fsod_d2.train_net")
 
@@ -66,7 +68,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = FsodTrainer.build_model(cfg)
-        FsodCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        FsodCheckpointer(model, cfg.OUTPUT_DIR, config_file=args.config_file).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = FsodTrainer.test(cfg, model)
@@ -74,28 +76,32 @@ def main(args):
             verify_results(cfg, res)
         return res
 
-    trainer = FsodTrainer(cfg)
+    trainer = FsodTrainer(cfg, config_file=args.config_file)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
 def check(args) -> None:
-    """Stop before spawning processes if the config cannot work: a dataset missing or not
-    registered, evaluation without (suitable) supports, a weights file that is missing or cannot
-    be read (with what to do about it)."""
-    try:
-        cfg = setup_cfg(args.config_file, args.opts)
-        check_config(cfg)
-        check_weights_file(weights_to_load(cfg, args.resume))
-    except (ConfigError, DatasetNotFoundError, CheckpointError) as e:
-        logger.error("%s", e)
-        sys.exit(2)
+    """Stop before spawning processes if the config cannot work: a config key or file, a
+    dataset missing or not registered, evaluation without (suitable) supports, an OUTPUT_DIR
+    that cannot be written, a MODEL.WEIGHTS file that does not exist, cannot be read or holds
+    weights of another model, a last checkpoint (--resume) that cannot be read."""
+    cfg = setup_cfg(args.config_file, args.opts)
+    check_config(cfg)
+    check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    weights = weights_to_load(cfg, args.resume)
+    if weights and weights == cfg.MODEL.WEIGHTS:
+        check_weights_file(weights, "MODEL.WEIGHTS")
+        check_weights_fit(cfg, config_file=args.config_file)  # before data and processes
+    else:
+        check_weights_readable(weights)  # the last checkpoint of OUTPUT_DIR (--resume)
 
 
-if __name__ == "__main__":
-    args = parse_args()
+@one_line_errors("train_net.py")
+def run(argv=None):
+    args = parse_args(argv)
     check(args)
-    launch(
+    return launch(
         main,
         args.num_gpus,
         num_machines=args.num_machines,
@@ -103,3 +109,7 @@ if __name__ == "__main__":
         dist_url=args.dist_url,
         args=(args,),
     )
+
+
+if __name__ == "__main__":
+    run()

@@ -14,11 +14,16 @@ import argparse
 import logging
 import os
 
+import fsod_d2  # noqa: F401  (first: registers components, silences known import warnings)
+
+# isort: split
 import cv2
 from detectron2.data import MetadataCatalog
 
 from fsod_d2 import setup_cfg
 from fsod_d2.data import build_episodic_train_loader
+from fsod_d2.engine.checks import check_datasets
+from fsod_d2.utils.cli import UsageError, check_output_dir, one_line_errors
 from fsod_d2.utils.visualization import draw_episode
 
 logger = logging.getLogger("fsod_d2.visualize_episodes")
@@ -35,14 +40,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@one_line_errors("visualize_episodes.py")
 def main(argv=None) -> list[str]:
+    """Draw the episodes; a mistake in the config, its training set or --output stops the tool
+    with one line (exit code 1) before any episode is built."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    if args.num < 1 or args.tile < 8:
+        raise UsageError(f"--num must be >= 1 and --tile >= 8, not {args.num} and {args.tile}")
     cfg = setup_cfg(args.config_file, [*args.opts, "DATALOADER.NUM_WORKERS", "0"])
+    check_output_dir(args.output, "--output")
+    if not cfg.DATASETS.TRAIN:
+        raise UsageError("DATASETS.TRAIN is empty: episodes are drawn from the training set")
+    train_only = cfg.clone()  # the test sets need not exist to draw training episodes
+    train_only.defrost()
+    train_only.DATASETS.TEST, train_only.FSOD.TEST.SUPPORT_DATASET = (), ""
+    check_datasets(train_only)
     loader = build_episodic_train_loader(cfg)
     loader.start_iter = args.start_iter
     names = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes
-    os.makedirs(args.output, exist_ok=True)
     written = []
     it = iter(loader)
     while len(written) < args.num:

@@ -43,6 +43,7 @@ from detectron2.data import (
 from detectron2.utils import comm
 from torch.utils.data import Dataset, Sampler
 
+from ..utils.text import count
 from .datasets import register_from_config
 from .episodic_mapper import INFO_KEYS, EpisodicDatasetMapper
 from .support_pool import SupportPool, shot_counts
@@ -189,7 +190,7 @@ class EpisodicTrainLoader:
             "Episode data%s: %d episodes built%s; bad data: %s",
             " (final)" if final else "",
             s["episodes"],
-            f" ({s['query_supports']} classes took supports from their query image)"
+            f" ({count(s['query_supports'], 'class')} took supports from the query image)"
             if s.get("query_supports")
             else "",
             ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in bad.items()) or "none",
@@ -224,8 +225,9 @@ def check_training_shots(cfg: CfgNode, names: Sequence[str], dicts: Sequence[dic
         classes = MetadataCatalog.get(names[0]).thing_classes
         desc = [(classes[c], n) for c, n in sorted(short.items())]
         raise ValueError(
-            f"FSOD.K_SHOT={k} but {len(desc)} classes of DATASETS.TRAIN {list(names)} have fewer "
-            f"support boxes outside their query image: {desc[:10]}, and FSOD.STRICT_SHOTS is True "
+            f"FSOD.K_SHOT={k} but {count(len(desc), 'class')} of DATASETS.TRAIN {list(names)} "
+            f"{'has' if len(desc) == 1 else 'have'} fewer support boxes outside their query "
+            f"image: {desc[:10]}, and FSOD.STRICT_SHOTS is True "
             f"(no sampling with replacement). Lower FSOD.K_SHOT (the fewest is "
             f"{min(short.values())}), annotate more instances of these classes, or set "
             "FSOD.STRICT_SHOTS False (they are then sampled with replacement)."

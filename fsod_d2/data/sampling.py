@@ -25,6 +25,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.utils.registry import Registry
 
+from ..utils.text import count
 from .support_pool import SupportPool, convert_bgr
 
 logger = logging.getLogger(__name__)
@@ -205,9 +206,9 @@ class SupportSampler:
             )
         self._warned.update(c for c, _, _ in short)
         logger.warning(
-            "Fewer than K=%d support crops for %d classes; they are sampled with replacement: %s",
+            "Fewer than K=%d support crops for %s; they are sampled with replacement: %s",
             k,
-            len(short),
+            count(len(short), "class"),
             desc,
         )
 
@@ -256,6 +257,10 @@ def build_support_set(
     images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     names = [pool.thing_classes[c] for c in classes]
     logger.info(
-        "Support set of '%s': %d classes x %d shots (seed %d)", dataset_name, len(classes), k, seed
+        "Support set of '%s': %s x %s (seed %d)",
+        dataset_name,
+        count(len(classes), "class"),
+        count(k, "shot"),
+        seed,
     )
     return images, torch.from_numpy(boxes), torch.tensor(classes, dtype=torch.long), names

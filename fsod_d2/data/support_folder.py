@@ -64,6 +64,10 @@ def _boxes_of(value: Any, path: str, name: str) -> list[list[float]]:
     return arr.tolist()
 
 
+def _box_text(box: list[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in box) + "]"
+
+
 def read_box_file(class_dir: str) -> dict[str, list[list[float]]]:
     """The boxes of ``class_dir/boxes.json`` per image file name (``{}`` without the file)."""
     path = os.path.join(class_dir, BOX_FILE)
@@ -157,6 +161,18 @@ def load_support_folder(
                         f"{os.path.join(class_dir, BOX_FILE)}: box of {f!r}: {e}; give the "
                         "object's box in the image's pixels"
                     ) from None
+                if box[0] < 0 or box[1] < 0 or box[2] > w or box[3] > h:
+                    clipped = [max(box[0], 0), max(box[1], 0), min(box[2], w), min(box[3], h)]
+                    logger.warning(
+                        "%s: the box %s of %r reaches outside the image (%d x %d pixels); "
+                        "it is clipped to %s",
+                        os.path.join(class_dir, BOX_FILE),
+                        _box_text(box),
+                        f,
+                        w,
+                        h,
+                        _box_text(clipped),
+                    )
                 crops.append(convert_bgr(crop, image_format))
                 crop_boxes.append(crop_box)
         if k_shot > 0:

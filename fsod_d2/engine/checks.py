@@ -29,6 +29,7 @@ from ..data.datasets.coco_fewshot import subset_class_ids
 from ..data.support_pool import shot_counts
 from ..evaluation import evaluator_class, evaluator_types
 from ..utils.files import datasets_root
+from ..utils.text import count
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,8 @@ def _check_evaluation(cfg: CfgNode) -> None:
             fewest = min(n for _, n in short)
             raise ConfigError(
                 f"FSOD.TEST.K_SHOT={t.K_SHOT} but FSOD.TEST.SUPPORT_DATASET '{support}' has fewer "
-                f"usable boxes for {len(short)} classes: {short[:10]}, and FSOD.STRICT_SHOTS is "
+                f"usable boxes for {count(len(short), 'class')}: {short[:10]}, and "
+                "FSOD.STRICT_SHOTS is "
                 f"True (no sampling with replacement). Lower FSOD.TEST.K_SHOT to {fewest}, use a "
                 "support dataset with more shots, or set FSOD.STRICT_SHOTS False."
             )

@@ -40,9 +40,10 @@ from torch.nn.parallel import DistributedDataParallel
 from ..config import setup_cfg  # noqa: F401  (re-exported: fsod_d2.engine.setup_cfg)
 from ..data import build_episodic_train_loader, build_support_set, subset_class_ids
 from ..evaluation import evaluator_class, evaluator_types
+from ..modeling.checkpoint import FsodCheckpointer
 from ..modeling.support import PrototypeSet, StalePrototypeError, support_fingerprint
 from ..utils.files import atomic_write
-from .checkpoint import FsodCheckpointer
+from ..utils.text import count
 from .checks import check_config, support_dataset_required
 from .hooks import GPUStatsHook, ThroughputHook, explain_oom
 from .precision import needs_grad_scaler, resolve_amp_dtype
@@ -109,13 +110,12 @@ class FsodTrainer(DefaultTrainer):
     """DefaultTrainer for FsodRCNN: episodic loader, few-shot evaluation, throughput and GPU
     hooks, explained OOM errors, CPU multi-process and AMP. See the module docstring."""
 
-    def __init__(self, cfg: CfgNode):
+    def __init__(self, cfg: CfgNode, *, config_file: str = ""):
+        """``config_file``: the file ``cfg`` was read from, named in messages about weights."""
         check_config(cfg)  # before the model, the support cache and the loader are built
+        self.config_file = config_file
         with _cpu_ddp_support(cfg.MODEL.DEVICE):
             super().__init__(cfg)
-        # DefaultTrainer's DetectionCheckpointer (also the periodic checkpoint hook's), made an
-        # FsodCheckpointer: same state, one-line errors for missing or unreadable weights files
-        self.checkpointer.__class__ = FsodCheckpointer
         if cfg.SOLVER.AMP.ENABLED:  # detectron2's AMPTrainer asserts CUDA
             t = self._trainer
             dtype = resolve_amp_dtype(cfg.FSOD.ENGINE.AMP_DTYPE, cfg.MODEL.DEVICE)
@@ -182,6 +182,9 @@ class FsodTrainer(DefaultTrainer):
         return DatasetEvaluators([evaluator])
 
     def build_hooks(self):
+        # DefaultTrainer.__init__ made a DetectionCheckpointer right before calling this: ours
+        # loads the same files and refuses weights of another model with one line
+        self.checkpointer = FsodCheckpointer.like(self.checkpointer, config_file=self.config_file)
         hooks = super().build_hooks()
         cfg = self.cfg
         extra = [ThroughputHook(cfg.SOLVER.IMS_PER_BATCH, cfg.FSOD.N_WAY * cfg.FSOD.K_SHOT)]
@@ -219,7 +222,9 @@ class FsodTrainer(DefaultTrainer):
             fingerprint = support_fingerprint(images, boxes, class_ids, t.K_SHOT)
             try:
                 prototypes = model.load_prototypes(t.PROTOTYPE_FILE, support_fp=fingerprint)
-                logger.info("Loaded %d class prototypes from %s", len(prototypes), t.PROTOTYPE_FILE)
+                logger.info(
+                    "Loaded %s from %s", count(len(prototypes), "class prototype"), t.PROTOTYPE_FILE
+                )
                 return prototypes
             except StalePrototypeError as e:
                 logger.info("Recomputing prototypes: %s", e)
@@ -271,10 +276,9 @@ class FsodTrainer(DefaultTrainer):
     def _report(cfg: CfgNode, name: str, prototypes: PrototypeSet, result: Dict) -> None:
         bbox = result.get("bbox", {})
         logger.info(
-            "%s (%d classes, %d-shot supports of %s, seed %d): AP %.2f | bAP %.2f | nAP %.2f | "
-            "nAP50 %.2f",
+            "%s (%s, %d-shot supports of %s, seed %d): AP %.2f | bAP %.2f | nAP %.2f | nAP50 %.2f",
             name,
-            len(prototypes),
+            count(len(prototypes), "class"),
             cfg.FSOD.TEST.K_SHOT,
             cfg.FSOD.TEST.SUPPORT_DATASET,
             cfg.FSOD.TEST.SEED,
@@ -292,6 +296,7 @@ class FsodTrainer(DefaultTrainer):
             "k_shot": cfg.FSOD.TEST.K_SHOT,
             "seed": cfg.FSOD.TEST.SEED,
             "weights": cfg.MODEL.WEIGHTS,
+            "weights_fingerprint": prototypes.weights_fingerprint,  # the evaluated weights
             "classes": prototypes.class_names,
             "metrics": {task: dict(m) for task, m in result.items()},
         }

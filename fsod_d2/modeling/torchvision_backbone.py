@@ -10,39 +10,63 @@ Weights come through torchvision's own API: ``MODEL.TORCHVISION.WEIGHTS`` names 
 architecture's weights enum (e.g. ``IMAGENET1K_V1``); torchvision looks in its cache
 (``$TORCH_HOME/hub/checkpoints``) and downloads there when it is missing and the machine is
 online. Offline machines seed that cache once (``make install`` does it for MobileNetV2, see
-:mod:`fsod_d2.utils.torchvision_cache`). BatchNorm is frozen; the first ``MODEL.BACKBONE.FREEZE_AT``
-stages (1 = stem, 2 = stem + stride-4 stage, ...) are frozen as in detectron2's ResNet.
+:mod:`fsod_d2.utils.torchvision_cache`). With ``MODEL.WEIGHTS`` set, the checkpoint provides
+every weight: the architecture is built without its ImageNet file (which need not be cached), and
+:class:`~fsod_d2.modeling.checkpoint.FsodCheckpointer` refuses a checkpoint that lacks these
+parts. BatchNorm is frozen; the first ``MODEL.BACKBONE.FREEZE_AT`` stages (1 = stem, 2 = stem +
+stride-4 stage, ...) are frozen as in detectron2's ResNet.
 
-Adding an architecture family = one split function registered with :func:`register_split`.
+Adding an architecture family = one split function registered in
+:data:`TORCHVISION_SPLIT_REGISTRY` under the torchvision model names it splits, with
+:func:`register_split`.
 """
 
+import functools
 import logging
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, List, Tuple
 
 import torch
 import torchvision
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, ROI_HEADS_REGISTRY, Backbone
 from detectron2.modeling.roi_heads import Res5ROIHeads
+from detectron2.utils.registry import Registry
 from torch import nn
+
+from .checkpoint import FROM_CHECKPOINT_ATTR
 
 logger = logging.getLogger(__name__)
 
 # (trunk stages in order: stem, stride 4, stride 8, stride 16; the stride-32 head)
 Split = Tuple[List[nn.Module], nn.Module]
-_SPLITS: Dict[str, Callable[[nn.Module], Split]] = {}
 _PROBE_SIZE = 64  # pixels; a dummy input that measures channel counts and strides
 
+TORCHVISION_SPLIT_REGISTRY = Registry("TORCHVISION_SPLIT")
+TORCHVISION_SPLIT_REGISTRY.__doc__ = """
+C4 splits of torchvision classification models, registered under the torchvision model name
+(``MODEL.TORCHVISION.ARCH``): ``fn(model) -> (trunk stages [stem, stride 4, stride 8,
+stride 16], stride-32 head)``.
+"""
 
-def register_split(*archs: str):
-    """Register ``fn(model) -> (trunk stages, head)`` for torchvision architecture names."""
 
-    def wrap(fn: Callable[[nn.Module], Split]):
+def register_split(*archs: str) -> Callable:
+    """Decorator: register ``fn(model) -> (trunk stages, head)`` in
+    :data:`TORCHVISION_SPLIT_REGISTRY` under each torchvision model name in ``archs`` (models of
+    one family share a layout)."""
+
+    def wrap(fn: Callable[[nn.Module], Split]) -> Callable[[nn.Module], Split]:
         for arch in archs:
-            _SPLITS[arch] = fn
+            entry = functools.wraps(fn)(lambda model, _fn=fn: _fn(model))
+            entry.__name__ = arch  # the registry's key
+            TORCHVISION_SPLIT_REGISTRY.register(entry)
         return fn
 
     return wrap
+
+
+def known_archs() -> List[str]:
+    """The torchvision model names with a registered split."""
+    return sorted(name for name, _ in TORCHVISION_SPLIT_REGISTRY)
 
 
 @register_split("mobilenet_v2")
@@ -60,9 +84,10 @@ def split_resnet(model: nn.Module) -> Split:
 class TorchvisionHead(nn.Sequential):
     """The stride-32 stage of a torchvision model, run on pooled ROI features."""
 
-    def __init__(self, stage: nn.Module, out_channels: int):
+    def __init__(self, stage: nn.Module, out_channels: int, weights_from_checkpoint: bool = False):
         super().__init__(*(stage if isinstance(stage, nn.Sequential) else [stage]))
         self.out_channels = out_channels
+        setattr(self, FROM_CHECKPOINT_ATTR, weights_from_checkpoint)
 
 
 def torchvision_weights(arch: str, weights: str):
@@ -85,9 +110,9 @@ def load_torchvision_model(arch: str, weights: str) -> nn.Module:
     """``torchvision.models.get_model(arch)`` with the named weights from torchvision's cache
     (downloaded by torchvision when missing and online). A missing file on an offline machine
     raises an error that says both ways to get it."""
-    if arch not in _SPLITS:
+    if arch not in TORCHVISION_SPLIT_REGISTRY:
         raise ValueError(
-            f"MODEL.TORCHVISION.ARCH {arch!r} has no C4 split; known: {sorted(_SPLITS)} "
+            f"MODEL.TORCHVISION.ARCH {arch!r} has no C4 split; known: {known_archs()} "
             "(add one with fsod_d2.modeling.torchvision_backbone.register_split)"
         )
     enum = torchvision_weights(arch, weights)
@@ -111,11 +136,22 @@ def _freeze(module: nn.Module) -> None:
 
 
 class TorchvisionC4Backbone(Backbone):
-    """Trunk of a torchvision classification model to stride 16 (see module docstring)."""
+    """Trunk of a torchvision classification model to stride 16 (see module docstring).
+    ``weights_from_checkpoint``: built without pretrained weights, which a checkpoint must
+    provide."""
 
-    def __init__(self, stages: List[nn.Module], out_feature: str, freeze_at: int):
+    def __init__(
+        self,
+        stages: List[nn.Module],
+        out_feature: str,
+        freeze_at: int,
+        weights_from_checkpoint: bool = False,
+    ):
         super().__init__()
         self.stages = nn.Sequential(*stages)
+        self.freeze_at = freeze_at
+        self._told_frozen = False
+        setattr(self, FROM_CHECKPOINT_ATTR, weights_from_checkpoint)
         for stage in self.stages[:freeze_at]:
             _freeze(stage)
         with torch.no_grad():
@@ -128,11 +164,27 @@ class TorchvisionC4Backbone(Backbone):
     def forward(self, x):
         return {self._out_feature: self.stages(x)}
 
+    def train(self, mode: bool = True):
+        """Says once, when training starts, which stages are frozen (not at inference)."""
+        if mode and not self._told_frozen:
+            self._told_frozen = True
+            logger.info(
+                "Backbone: first %d of %d stages frozen (MODEL.BACKBONE.FREEZE_AT)",
+                min(self.freeze_at, len(self.stages)),
+                len(self.stages),
+            )
+        return super().train(mode)
+
+
+def _pretrained_from_checkpoint(cfg) -> bool:
+    """MODEL.WEIGHTS provides every weight: the ImageNet file is neither needed nor loaded."""
+    return bool(cfg.MODEL.WEIGHTS) and bool(cfg.MODEL.TORCHVISION.WEIGHTS)
+
 
 def _split(cfg) -> Split:
     tv = cfg.MODEL.TORCHVISION
-    model = load_torchvision_model(tv.ARCH, tv.WEIGHTS)
-    stages, head = _SPLITS[tv.ARCH](model)
+    model = load_torchvision_model(tv.ARCH, "" if _pretrained_from_checkpoint(cfg) else tv.WEIGHTS)
+    stages, head = TORCHVISION_SPLIT_REGISTRY.get(tv.ARCH)(model)
     stages = [FrozenBatchNorm2d.convert_frozen_batchnorm(s) for s in stages]
     return stages, FrozenBatchNorm2d.convert_frozen_batchnorm(head)
 
@@ -147,13 +199,16 @@ def build_torchvision_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
             f"MODEL.RESNETS.OUT_FEATURES={out_features}, {input_shape.channels} input channels"
         )
     stages, _ = _split(cfg)
+    tv = cfg.MODEL.TORCHVISION
+    from_checkpoint = _pretrained_from_checkpoint(cfg)
     logger.info(
-        "Backbone: torchvision %s (%s), first %d stages frozen",
-        cfg.MODEL.TORCHVISION.ARCH,
-        cfg.MODEL.TORCHVISION.WEIGHTS or "random init",
-        cfg.MODEL.BACKBONE.FREEZE_AT,
+        "Backbone: torchvision %s (%s)",
+        tv.ARCH,
+        "weights from MODEL.WEIGHTS" if from_checkpoint else tv.WEIGHTS or "random init",
     )
-    return TorchvisionC4Backbone(stages, out_features[0], cfg.MODEL.BACKBONE.FREEZE_AT)
+    return TorchvisionC4Backbone(
+        stages, out_features[0], cfg.MODEL.BACKBONE.FREEZE_AT, from_checkpoint
+    )
 
 
 def build_torchvision_roi_stage(cfg) -> Tuple[nn.Module, int]:
@@ -162,7 +217,7 @@ def build_torchvision_roi_stage(cfg) -> Tuple[nn.Module, int]:
     stages, head = _split(cfg)
     with torch.no_grad():
         x = nn.Sequential(*stages, head)(torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE))
-    return TorchvisionHead(head, x.shape[1]), x.shape[1]
+    return TorchvisionHead(head, x.shape[1], _pretrained_from_checkpoint(cfg)), x.shape[1]
 
 
 def uses_torchvision_backbone(cfg) -> bool:
