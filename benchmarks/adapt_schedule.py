@@ -84,7 +84,8 @@ def sweep_family(args, name: str) -> dict:
             f"--family {name} --arm fsod_pretrained --out-dir {args.work})"
         )
     seeds = ["SEED", str(args.train_seed), "FSOD.SEED", str(args.train_seed)]
-    cfg = cell_cfg("fsod_pretrained", family, cell, seeds if args.train_seed else [])
+    opts = (seeds if args.train_seed else []) + list(args.opts)
+    cfg = cell_cfg("fsod_pretrained", family, cell, opts)
     model = FsodTrainer.build_model(cfg)
     DetectionCheckpointer(model).load(str(weights))
     out_dir = Path(args.work) / "adapt_schedule" / name
@@ -96,7 +97,7 @@ def sweep_family(args, name: str) -> dict:
             logger.info("%s no adaptation K=%d seed=%d: %s", name, k, seed, m)
             for cand in args.candidates:
                 run = out_dir / f"{cand}_{k}shot_seed{seed}"
-                ad = adapt_cfg(cfg, family, k, seed, weights, run, CANDIDATES[cand])
+                ad = adapt_cfg(cfg, family, k, seed, weights, run, args.opts + CANDIDATES[cand])
                 start = time.perf_counter()
                 trainer, _ = train(FsodTrainer, ad)
                 seconds = time.perf_counter() - start
@@ -172,6 +173,8 @@ def parse_args(argv=None):
     parser.add_argument("--jobs", type=int, default=1, help="families in parallel processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--out-dir", default=None, help="default: --work")
+    parser.add_argument("opts", nargs=argparse.REMAINDER,
+                        help="config overrides of the base model and every adaptation")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -179,9 +182,12 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     setup_logger(name="fsod_d2")
     logger.setLevel(logging.INFO)
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        results = dict(zip(args.family, pool.map(sweep_family, [args] * len(args.family),
-                                                 args.family)))  # fmt: skip
+    if args.jobs > 1:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            runs = list(pool.map(sweep_family, [args] * len(args.family), args.family))
+    else:
+        runs = [sweep_family(args, name) for name in args.family]
+    results = dict(zip(args.family, runs))
     summary = summarize(results, args.shots)
     report = {
         "machine": machine_info(),

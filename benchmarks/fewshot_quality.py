@@ -250,7 +250,8 @@ def base_model(args, family: Family, work: Path):
 
 def adapt_cfg(cfg, family: Family, k: int, seed: int, weights: str, out_dir: Path, opts):
     """The base cell's config with the adaptation keys of ``configs/fsod_mnv2_cpu_adapt.yaml``
-    (and ``opts``, e.g. a schedule to compare), on the K-shot draw, from ``weights``."""
+    and then ``opts`` (the benchmark's overrides of every training, then those of the
+    adaptation, e.g. a schedule to compare), on the K-shot draw, from ``weights``."""
     ad = cfg.clone()
     ad.defrost()
     ad.merge_from_list(adaptation_overrides(str(ADAPT)) + list(opts))
@@ -272,7 +273,7 @@ def run_adapted(args, family: Family, work: Path, rows: list) -> dict:
             m = eval_fsod(cfg, model, family, k, seed, run_dir)
             rows.append({"method": "fsod_pretrained", "k": k, "seed": seed, **m})
             ad = adapt_cfg(cfg, family, k, seed, weights, out / f"adapt_{k}shot_seed{seed}",
-                           args.adapt_opts)  # fmt: skip
+                           list(args.opts) + list(args.adapt_opts))  # fmt: skip
             trainer, ad_record = train(FsodTrainer, ad)
             ad_record["losses"] = {k_: v[-1] for k_, v in ad_record["losses"].items()}
             record["adaptation"].append({"k": k, "seed": seed, **ad_record})

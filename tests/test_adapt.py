@@ -339,7 +339,7 @@ def test_fewshot_quality_adapted_arm_and_schedule_sweep_smoke(tmp_path, monkeypa
 
         sweep = adapt_schedule.main(
             ["--work", str(out), "--family", "shapes", "--candidates", "config", "lr_3e-4",
-             "--shots", "1", "--dev-images", "2", "--dev-seed", "7", *tiny]
+             "--shots", "1", "--dev-images", "2", "--dev-seed", "7", *tiny, *argv[-8:]]
         )  # fmt: skip
         cands = [r["candidate"] for r in sweep["results"]["shapes"]["rows"]]
         assert cands == ["none", "config", "lr_3e-4"]
