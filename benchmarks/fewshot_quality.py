@@ -81,6 +81,7 @@ ARMS = {
 TFA_FINETUNE = CONFIGS / "benchmarks" / "tfa_mnv2_cpu_finetune.yaml"
 ADAPT = CONFIGS / "fsod_mnv2_cpu_adapt.yaml"
 METRICS = ("AP", "AP50", "bAP", "bAP50", "nAP", "nAP50")
+MIN_BOX_SIZE = setup_cfg(str(ARMS["fsod_pretrained"])).FSOD.SUPPORT.MIN_BOX_SIZE
 
 
 # ------------------------------------------------------------------------------------ data
@@ -115,8 +116,10 @@ class Family:
         for k in shots:
             for seed in seeds:
                 path = self.root / "splits" / f"train_{k}shot_seed{seed}.json"
-                if not path.exists():
-                    dump_json(sample_kshot(coco, k, seed, source=info["train_json"]), str(path))
+                if not path.exists():  # as prepare_fewshot_splits.py: boxes that can be supports
+                    split = sample_kshot(coco, k, seed, min_box_size=MIN_BOX_SIZE,
+                                         source=info["train_json"])  # fmt: skip
+                    dump_json(split, str(path))
                 register_fewshot_coco(self.kshot(k, seed), path, info["image_root"], base, novel)
 
     def kshot(self, k: int, seed: int) -> str:
