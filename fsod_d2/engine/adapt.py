@@ -102,20 +102,20 @@ def _json_of(name: str) -> str | None:
 
 
 def kshot_set_info(name: str) -> dict[str, Any] | None:
-    """``{"k", "file", "classes"}`` if the registered dataset ``name`` is a K-shot set (a file
-    written by ``prepare_fewshot_splits.py``, which records its K and classes, or a name
-    ``..._<K>shot_seed<S>``), else None. ``classes``: the contiguous ids the set must have, the
-    recorded classes (or all) within the dataset's base/novel subset."""
+    """``{"k", "file", "classes"}`` if the registered dataset ``name`` is a K-shot set (a name
+    ``..._<K>shot_seed<S>``, as ``FSOD.REGISTER``'s ``kshots=`` folders give; K and classes as
+    recorded by ``prepare_fewshot_splits.py`` in the file, else K from the name), else None.
+    ``classes``: the contiguous ids the set must have, the recorded classes (or all) within
+    the dataset's base/novel subset."""
+    m = _KSHOT_NAME.search(name)
     path = _json_of(name)
-    if not path or not os.path.isfile(path):
+    # only K-shot names are read (a base training set's JSON may be large)
+    if not m or not path or not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
         coco = json.load(f)
     recorded = ((coco.get("info") or {}).get("fsod_d2_kshot")) or {}
-    m = _KSHOT_NAME.search(name)
-    k = recorded.get("k") or (int(m.group(1)) if m else 0)
-    if not k:
-        return None
+    k = recorded.get("k") or int(m.group(1))
     meta = MetadataCatalog.get(name)
     names = list(meta.thing_classes)
     subset = meta.get("subset", "all")
