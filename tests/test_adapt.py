@@ -31,6 +31,21 @@ ADAPT_CONFIG = CONFIG_DIR / "fsod_mnv2_cpu_adapt.yaml"
 CATEGORY_IDS = (3, 7, 11, 20)
 
 
+@pytest.fixture(autouse=True)
+def restore_loggers():
+    """The tools and benchmarks call detectron2's setup_logger, which stops the "fsod_d2" and
+    "detectron2" loggers from propagating (caplog in later tests would see nothing)."""
+    loggers = [logging.getLogger(n) for n in ("fsod_d2", "detectron2", "d2")]
+    saved = [(lg, lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
+    threads = torch.get_num_threads()  # the schedule sweep sets its own
+    yield
+    torch.set_num_threads(threads)
+    for lg, handlers, propagate, level in saved:
+        lg.handlers[:] = handlers
+        lg.propagate = propagate
+        lg.setLevel(level)
+
+
 def _register(name, path, image_root):
     for suffix in ("", "_base", "_novel"):
         if name + suffix in DatasetCatalog:
@@ -316,37 +331,29 @@ def test_fewshot_quality_adapted_arm_and_schedule_sweep_smoke(tmp_path, monkeypa
     base model, adaptation seconds, targets; the sweep reuses that base model."""
     from benchmarks import adapt_schedule
 
-    loggers = [logging.getLogger(n) for n in ("fsod_d2", "detectron2", "d2")]
-    saved = [(lg, lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
     out = tmp_path / "out"
     tiny = ["--num-train", "80", "--num-val", "3"]
     argv = ["--family", "shapes", "--arm", "fsod_adapted", "--shots", "1", "--seeds", "0", "1"]
     argv += tiny + ["--out-dir", str(out), "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0"]
     argv += ["SOLVER.STEPS", "()", "MODEL.TORCHVISION.WEIGHTS", ""]  # nothing downloaded
-    try:
-        report = fewshot_quality.main(argv)
-        runs = json.loads((out / "cells" / "shapes_fsod_adapted.json").read_text())["runs"]
-        assert [(r["method"], r["seed"]) for r in runs] == [
-            ("fsod_pretrained", 0), ("fsod_adapted", 0), ("fsod_pretrained", 1),
-            ("fsod_adapted", 1),
-        ]  # fmt: skip
-        assert all(r["adapt_seconds"] > 0 for r in runs if r["method"] == "fsod_adapted")
-        assert report["summary"]["shapes/fsod_adapted@1shot"]["nAP50"]["n"] == 2
-        assert "meets_1shot_not_below" in report["adaptation_targets"]["shapes/train0"]
-        base = out / "fewshot_quality_work" / "shapes_fsod_pretrained" / "model_final.pth"
-        assert base.is_file()  # the base model is the fsod_pretrained cell's
+    report = fewshot_quality.main(argv)
+    runs = json.loads((out / "cells" / "shapes_fsod_adapted.json").read_text())["runs"]
+    assert [(r["method"], r["seed"]) for r in runs] == [
+        ("fsod_pretrained", 0), ("fsod_adapted", 0), ("fsod_pretrained", 1),
+        ("fsod_adapted", 1),
+    ]  # fmt: skip
+    assert all(r["adapt_seconds"] > 0 for r in runs if r["method"] == "fsod_adapted")
+    assert report["summary"]["shapes/fsod_adapted@1shot"]["nAP50"]["n"] == 2
+    assert "meets_1shot_not_below" in report["adaptation_targets"]["shapes/train0"]
+    base = out / "fewshot_quality_work" / "shapes_fsod_pretrained" / "model_final.pth"
+    assert base.is_file()  # the base model is the fsod_pretrained cell's
 
-        sweep = adapt_schedule.main(
-            ["--work", str(out), "--family", "shapes", "--candidates", "config", "lr_3e-4",
-             "--shots", "1", "--dev-images", "2", "--dev-seed", "7", *tiny, *argv[-8:]]
-        )  # fmt: skip
-        cands = [r["candidate"] for r in sweep["results"]["shapes"]["rows"]]
-        assert cands == ["none", "config", "lr_3e-4"]
-        assert "nAP50_gain" in sweep["summary"]["shapes/config@1shot"]
-        assert (out / "adapt_schedule.json").is_file()
-    finally:
-        for lg, handlers, propagate, level in saved:
-            lg.handlers[:] = handlers
-            lg.propagate = propagate
-            lg.setLevel(level)
+    sweep = adapt_schedule.main(
+        ["--work", str(out), "--family", "shapes", "--candidates", "config", "lr_3e-4",
+         "--shots", "1", "--dev-images", "2", "--dev-seed", "7", *tiny, *argv[-8:]]
+    )  # fmt: skip
+    cands = [r["candidate"] for r in sweep["results"]["shapes"]["rows"]]
+    assert cands == ["none", "config", "lr_3e-4"]
+    assert "nAP50_gain" in sweep["summary"]["shapes/config@1shot"]
+    assert (out / "adapt_schedule.json").is_file()
