@@ -19,7 +19,13 @@ rescales it):
   ``configs/benchmarks/fsod_tiny_scratch_cpu.yaml``;
 * ``tfa_pretrained``: a plain Faster R-CNN on the same pretrained MobileNetV2
   (``configs/benchmarks/tfa_mnv2_cpu.yaml``), then TFA's stage 2 per K-shot set: only the last
-  layer trains, on the balanced K-shot set of every class (``tfa_mnv2_cpu_finetune.yaml``).
+  layer trains, on the balanced K-shot set of every class (``tfa_mnv2_cpu_finetune.yaml``);
+* ``fsod_adapted``: the ``fsod_pretrained`` cell's base model (trained there first if it has not
+  been), adapted per K-shot set with the keys ``configs/fsod_mnv2_cpu_adapt.yaml`` changes on the
+  recipe (:func:`fsod_d2.engine.adapt.adaptation_overrides`), then evaluated with that set as
+  supports; the cell also evaluates the same base model without adaptation (method
+  ``fsod_pretrained``), so that the two are compared on one training. ``--train-seed S`` trains
+  the base model with ``SEED S FSOD.SEED S`` (cells ``<family>_<arm>_seed<S>``).
 
 Every cell is evaluated on the family's val set for K in ``--shots`` and K-shot draws
 ``--seeds`` (seeded TFA-style splits of the train set: the only novel-class data any method
@@ -32,6 +38,7 @@ a Markdown table (mean ± sample std over K-shot draws).
     python -m benchmarks.fewshot_quality --jobs 2            # every cell, 2 processes, ~2 h
     python -m benchmarks.fewshot_quality --family objects --arm fsod_pretrained
     python -m benchmarks.fewshot_quality --table             # combine the cells
+    python -m benchmarks.fewshot_quality --arm fsod_adapted --train-seed 1   # another training
 """
 
 import argparse
@@ -47,6 +54,7 @@ from typing import Dict, List
 
 import numpy as np
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import inference_on_dataset
@@ -55,6 +63,7 @@ from detectron2.utils.logger import setup_logger
 from benchmarks.common import machine_info, save_json
 from fsod_d2.data import build_support_set, register_fewshot_coco
 from fsod_d2.data.splits import dump_json, sample_kshot
+from fsod_d2.engine.adapt import adaptation_overrides
 from fsod_d2.engine.trainer import FsodTrainer, setup_cfg, unwrap_model
 from fsod_d2.evaluation.fsod_evaluation import FsodCOCOEvaluator
 from fsod_d2.utils import datasets_root, mean_std
@@ -67,9 +76,12 @@ ARMS = {
     "fsod_pretrained": CONFIGS / "fsod_mnv2_cpu.yaml",
     "fsod_scratch": CONFIGS / "benchmarks" / "fsod_tiny_scratch_cpu.yaml",
     "tfa_pretrained": CONFIGS / "benchmarks" / "tfa_mnv2_cpu.yaml",
+    "fsod_adapted": CONFIGS / "fsod_mnv2_cpu.yaml",  # + ADAPT per K-shot set
 }
 TFA_FINETUNE = CONFIGS / "benchmarks" / "tfa_mnv2_cpu_finetune.yaml"
+ADAPT = CONFIGS / "fsod_mnv2_cpu_adapt.yaml"
 METRICS = ("AP", "AP50", "bAP", "bAP50", "nAP", "nAP50")
+MIN_BOX_SIZE = setup_cfg(str(ARMS["fsod_pretrained"])).FSOD.SUPPORT.MIN_BOX_SIZE
 
 
 # ------------------------------------------------------------------------------------ data
@@ -104,8 +116,10 @@ class Family:
         for k in shots:
             for seed in seeds:
                 path = self.root / "splits" / f"train_{k}shot_seed{seed}.json"
-                if not path.exists():
-                    dump_json(sample_kshot(coco, k, seed, source=info["train_json"]), str(path))
+                if not path.exists():  # as prepare_fewshot_splits.py: boxes that can be supports
+                    split = sample_kshot(coco, k, seed, min_box_size=MIN_BOX_SIZE,
+                                         source=info["train_json"])  # fmt: skip
+                    dump_json(split, str(path))
                 register_fewshot_coco(self.kshot(k, seed), path, info["image_root"], base, novel)
 
     def kshot(self, k: int, seed: int) -> str:
@@ -204,8 +218,9 @@ def eval_fsod(cfg, model, family: Family, k, seed, out_dir, shuffle=False) -> di
 
 
 # ---------------------------------------------------------------------------------- cells
-def cell_cfg(arm: str, family: Family, out_dir: Path, opts: List[str]):
-    cfg = setup_cfg(str(ARMS[arm]), list(opts))
+def cell_cfg(arm: str, family: Family, out_dir: Path, opts: List[str], train_seed: int = 0):
+    seeds = ["SEED", str(train_seed), "FSOD.SEED", str(train_seed)] if train_seed else []
+    cfg = setup_cfg(str(ARMS[arm]), seeds + list(opts))
     cfg.defrost()
     cfg.DATASETS.TRAIN = (f"{family.train}_base",)
     cfg.DATASETS.TEST = ()  # evaluated below, per K-shot draw
@@ -217,11 +232,71 @@ def cell_cfg(arm: str, family: Family, out_dir: Path, opts: List[str]):
     return cfg
 
 
+def cell_name(family: str, arm: str, train_seed: int = 0) -> str:
+    return f"{family}_{arm}" + (f"_seed{train_seed}" if train_seed else "")
+
+
+def base_model(args, family: Family, work: Path):
+    """The ``fsod_pretrained`` cell's base model (``--train-seed``): its ``model_final.pth``
+    if that cell has trained it, else trained now (saved there). Returns (cfg, model, record)."""
+    out = work / cell_name(family.name, "fsod_pretrained", args.train_seed)
+    cfg = cell_cfg("fsod_pretrained", family, out, args.opts, args.train_seed)
+    weights = out / "model_final.pth"
+    if not weights.is_file():
+        trainer, record = train(FsodTrainer, cfg)
+        return cfg, trainer.model, record
+    model = FsodTrainer.build_model(cfg)
+    DetectionCheckpointer(model).load(str(weights))
+    logger.info("%s: base model %s (trained by the fsod_pretrained cell)", family.name, weights)
+    return cfg, model, {"iterations": cfg.SOLVER.MAX_ITER, "reused": str(weights.relative_to(work))}
+
+
+def adapt_cfg(cfg, family: Family, k: int, seed: int, weights: str, out_dir: Path, opts):
+    """The base cell's config with the adaptation keys of ``configs/fsod_mnv2_cpu_adapt.yaml``
+    and then ``opts`` (the benchmark's overrides of every training, then those of the
+    adaptation, e.g. a schedule to compare), on the K-shot draw, from ``weights``."""
+    ad = cfg.clone()
+    ad.defrost()
+    ad.merge_from_list(adaptation_overrides(str(ADAPT)) + list(opts))
+    ad.DATASETS.TRAIN = (family.kshot(k, seed),)
+    ad.MODEL.WEIGHTS = str(weights)
+    ad.OUTPUT_DIR = str(out_dir)
+    return ad
+
+
+def run_adapted(args, family: Family, work: Path, rows: list) -> dict:
+    """The ``fsod_adapted`` cell: per (K, draw) the base model without and with adaptation."""
+    cfg, model, record = base_model(args, family, work)
+    out = work / cell_name(family.name, "fsod_adapted", args.train_seed)
+    weights = Path(cfg.OUTPUT_DIR) / "model_final.pth"  # written by training, or reused
+    record["adaptation"] = []
+    for k in args.shots:
+        for seed in args.seeds:
+            run_dir = str(out / "eval" / f"fsod_pretrained_{k}shot_seed{seed}")
+            m = eval_fsod(cfg, model, family, k, seed, run_dir)
+            rows.append({"method": "fsod_pretrained", "k": k, "seed": seed, **m})
+            ad = adapt_cfg(cfg, family, k, seed, weights, out / f"adapt_{k}shot_seed{seed}",
+                           list(args.opts) + list(args.adapt_opts))  # fmt: skip
+            trainer, ad_record = train(FsodTrainer, ad)
+            ad_record["losses"] = {k_: v[-1] for k_, v in ad_record["losses"].items()}
+            record["adaptation"].append({"k": k, "seed": seed, **ad_record})
+            run_dir = str(out / "eval" / f"fsod_adapted_{k}shot_seed{seed}")
+            m = eval_fsod(cfg, trainer.model, family, k, seed, run_dir)
+            rows.append({"method": "fsod_adapted", "k": k, "seed": seed,
+                         "adapt_seconds": ad_record["seconds"], **m})  # fmt: skip
+            logger.info("%s fsod_adapted K=%d seed=%d (%.0f s): %s", family.name, k, seed,
+                        ad_record["seconds"], m)  # fmt: skip
+            (Path(ad.OUTPUT_DIR) / "model_final.pth").unlink(missing_ok=True)  # 1 file per draw
+    return record
+
+
 def run_cell(args, family: Family, arm: str, work: Path) -> dict:
-    out = work / f"{family.name}_{arm}"
-    cfg = cell_cfg(arm, family, out, args.opts)
+    out = work / cell_name(family.name, arm, args.train_seed)
+    cfg = cell_cfg(arm, family, out, args.opts, args.train_seed)
     rows = []
-    if arm.startswith("fsod"):
+    if arm == "fsod_adapted":
+        record = run_adapted(args, family, work, rows)
+    elif arm.startswith("fsod"):
         trainer, record = train(FsodTrainer, cfg)
         model = trainer.model
         for k in args.shots:
@@ -255,20 +330,112 @@ def run_cell(args, family: Family, arm: str, work: Path) -> dict:
                 rows.append({"method": arm, "k": k, "seed": seed, **m})
                 logger.info("%s %s K=%d seed=%d: %s", family.name, arm, k, seed, m)
     config = str(ARMS[arm].relative_to(REPO))
+    if arm == "fsod_adapted":
+        config += " + " + str(ADAPT.relative_to(REPO))
     return {"family": family.name, "arm": arm, "config": config, "data": family.stats,
-            "training": record, "runs": rows}  # fmt: skip
+            "train_seed": args.train_seed, "training": record, "runs": rows}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- outputs
+def summary_key(family: str, method: str, k: int, train_seed: int = 0) -> str:
+    """``family/method@Kshot``, with ``/train<S>`` for a base training with ``SEED`` S > 0."""
+    return f"{family}/{method}@{k}shot" + (f"/train{train_seed}" if train_seed else "")
+
+
 def summarize(rows: list) -> dict:
-    """Mean ± sample std over K-shot draws per (family, method, K)."""
+    """Mean ± sample std over K-shot draws per (family, method, K, base training)."""
     groups: Dict[str, list] = {}
     for r in rows:
-        groups.setdefault(f"{r['family']}/{r['method']}@{r['k']}shot", []).append(r)
+        key = summary_key(r["family"], r["method"], r["k"], r.get("train_seed", 0))
+        groups.setdefault(key, []).append(r)
     out = {}
     for key, rs in groups.items():
         out[key] = {m: mean_std(r[m] for r in rs) for m in METRICS}
+        if "adapt_seconds" in rs[0]:
+            out[key]["adapt_seconds"] = mean_std(r["adapt_seconds"] for r in rs)
     return out
+
+
+def over_trainings(rows: list) -> dict:
+    """Per (family, method, K) with several base trainings: mean and sample std over the
+    trainings of each training's mean over draws, beside the mean of the per-training
+    sample std over draws."""
+    per: Dict[tuple, Dict[int, list]] = {}
+    for r in rows:
+        key = (r["family"], r["method"], r["k"])
+        per.setdefault(key, {}).setdefault(r.get("train_seed", 0), []).append(r)
+    out = {}
+    for (family, method, k), by_seed in per.items():
+        if len(by_seed) < 2:
+            continue
+        entry = {"trainings": sorted(by_seed)}
+        for m in ("nAP50", "bAP50"):
+            means = [float(np.mean([r[m] for r in rs])) for rs in by_seed.values()]
+            draws = [mean_std(r[m] for r in rs)["std"] for rs in by_seed.values()]
+            entry[m] = {**mean_std(means), "draw_std_mean": float(np.nanmean(draws))}
+        out[f"{family}/{method}@{k}shot"] = entry
+    return out
+
+
+def adaptation_targets(summary: dict, shots: List[int]) -> dict:
+    """Adaptation vs the same base model without it, per family and base training: 5-shot
+    nAP50 gain >= 5, 10-shot >= 5-shot, 1-shot not below no adaptation, bAP50 drop <= 2 at
+    every K."""
+    out = {}
+    for key in sorted(summary):
+        family, rest = key.split("/", 1)
+        if not rest.startswith("fsod_adapted@"):
+            continue
+        train = rest.split("/")[1] if "/" in rest else "train0"
+        seed = int(train[len("train") :])
+        name = f"{family}/{train}"
+        if name in out:
+            continue
+
+        def get(method, k, metric="nAP50", family=family, seed=seed):
+            stats = summary.get(summary_key(family, method, k, seed), {}).get(metric, {})
+            return stats.get("mean", float("nan"))
+
+        t = {}
+        for k in shots:
+            t[f"{k}shot_gain_nAP50"] = get("fsod_adapted", k) - get("fsod_pretrained", k)
+            t[f"{k}shot_bAP50_drop"] = get("fsod_pretrained", k, "bAP50") - get(
+                "fsod_adapted", k, "bAP50"
+            )
+        if 5 in shots:
+            t["meets_5shot_gain_5"] = bool(t["5shot_gain_nAP50"] >= 5)
+        if 5 in shots and 10 in shots:
+            t["meets_10shot_ge_5shot"] = bool(get("fsod_adapted", 10) >= get("fsod_adapted", 5))
+        if 1 in shots:
+            t["meets_1shot_not_below"] = bool(t["1shot_gain_nAP50"] >= 0)
+        t["meets_bAP50_drop_le_2"] = bool(max(t[f"{k}shot_bAP50_drop"] for k in shots) <= 2)
+        out[name] = t
+    return out
+
+
+def markdown_adapt_table(summary: dict, shots: List[int]) -> str:
+    """Adaptation rows: per family and base training, nAP50 and bAP50 per K without and with
+    adaptation (mean ± sample std over draws), and the adaptation's seconds per K."""
+    head = "| family | training | method | " + " | ".join(f"{k}-shot nAP50" for k in shots)
+    head += " | " + " | ".join(f"{k}-shot bAP50" for k in shots) + " | adapt s per K |"
+    lines = [head, "|---|---|---|" + "---|" * (2 * len(shots) + 1)]
+
+    def cell(stats):
+        return f"{stats['mean']:.2f} ± {stats['std']:.2f}" if stats else "-"
+
+    keys = sorted({k.split("@")[0] + "|" + (k.split("/train")[1] if "/train" in k else "0")
+                   for k in summary if "/fsod_adapted@" in k})  # fmt: skip
+    for item in keys:
+        prefix, train = item.split("|")
+        family = prefix.split("/")[0]
+        for method in ("fsod_pretrained", "fsod_adapted"):
+            stats = [summary.get(summary_key(family, method, k, int(train)), {}) for k in shots]
+            cells = [cell(s.get("nAP50")) for s in stats] + [cell(s.get("bAP50")) for s in stats]
+            secs = " / ".join(f"{s['adapt_seconds']['mean']:.0f}" for s in stats
+                              if "adapt_seconds" in s) or "-"  # fmt: skip
+            lines.append(f"| {family} | SEED {train} | {method} | " + " | ".join(cells)
+                         + f" | {secs} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def targets(summary: dict, k: int) -> dict:
@@ -321,15 +488,29 @@ def combine(out_dir: Path, shots: List[int]) -> dict:
     cells = [json.loads(p.read_text()) for p in sorted((out_dir / "cells").glob("*.json"))]
     if not cells:
         raise FileNotFoundError(f"no cells in {out_dir / 'cells'}: run the benchmark first")
-    rows = [{"family": c["family"], **r} for c in cells for r in c["runs"]]
+    rows = [
+        {"family": c["family"], "train_seed": c.get("train_seed", 0), **r}
+        for c in cells
+        for r in c["runs"]
+    ]
     summary = summarize(rows)
     keep = ("config", "data", "training", "wall_seconds")
     report = {
         "machine": machine_info(),
-        "cells": {f"{c['family']}/{c['arm']}": {k: c[k] for k in keep if k in c} for c in cells},
+        "cells": {
+            cell_name(c["family"], c["arm"], c.get("train_seed", 0)).replace("_", "/", 1): {
+                k: c[k] for k in keep if k in c
+            }
+            for c in cells
+        },
         "summary": summary,
         "targets": targets(summary, max(shots)),
     }
+    if any(c["arm"] == "fsod_adapted" for c in cells):
+        report["adaptation_targets"] = adaptation_targets(summary, shots)
+        report["over_trainings"] = over_trainings(rows)
+        logger.info("\n%s", markdown_adapt_table(summary, shots))
+        logger.info("adaptation targets: %s", json.dumps(report["adaptation_targets"], indent=1))
     save_json("fewshot_quality", report, out_dir)
     plot_losses(report, out_dir / "fewshot_quality_losses.png")
     logger.info("\n%s", markdown_table(summary, shots))
@@ -344,7 +525,9 @@ def plot_losses(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = sorted(report["cells"])
+    cells = sorted(k for k, c in report["cells"].items() if c["training"].get("losses"))
+    if not cells:
+        return  # every base model was reused
     cols = (len(cells) + 1) // 2
     fig, axes = plt.subplots(2, cols, figsize=(5.5 * cols, 8), squeeze=False)
     for ax, key in zip(axes.flat, cells):
@@ -401,12 +584,20 @@ def parse_args(argv=None):
     parser.add_argument("--family", nargs="+", choices=FAMILIES, default=list(FAMILIES))
     parser.add_argument("--arm", nargs="+", choices=sorted(ARMS), default=sorted(ARMS))
     parser.add_argument("--jobs", type=int, default=1, help="cells run in this many processes")
-    parser.add_argument("--shots", nargs="+", type=int, default=[1, 5])
+    parser.add_argument("--shots", nargs="+", type=int, default=[1, 5, 10])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--num-train", type=int, default=1200)
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--out-dir", default=None, help="default: benchmarks/results")
     parser.add_argument("--table", action="store_true", help="only combine the cells' JSONs")
+    parser.add_argument(
+        "--train-seed", type=int, default=0,
+        help="SEED and FSOD.SEED of the base training (cells <family>_<arm>_seed<S> if > 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--adapt-opts", nargs="+", default=[], metavar="KEY VALUE",
+        help="overrides of the adaptation only (after configs/fsod_mnv2_cpu_adapt.yaml's keys)",
+    )  # fmt: skip
     parser.add_argument(
         "--no-control", dest="control", action="store_false",
         help="skip the supports-shuffled control (ablations)",
@@ -422,7 +613,7 @@ def main(argv=None) -> dict:
     setup_logger(name="detectron2", abbrev_name="d2")
     logger.setLevel(logging.INFO)
     # the longest cells first, so that parallel jobs finish together
-    order = ("tfa_pretrained", "fsod_pretrained", "fsod_scratch")
+    order = ("fsod_adapted", "tfa_pretrained", "fsod_pretrained", "fsod_scratch")
     cells = [(f, a) for a in sorted(args.arm, key=order.index) for f in args.family]
     if not args.table:
         if args.jobs > 1 and len(cells) > 1:
@@ -434,7 +625,7 @@ def main(argv=None) -> dict:
                 cell = run_cell(args, family, arm, out_dir / "fewshot_quality_work")
                 cell["wall_seconds"] = time.perf_counter() - start
                 (out_dir / "cells").mkdir(parents=True, exist_ok=True)
-                save_json(f"{family_name}_{arm}", cell, out_dir / "cells")
+                save_json(cell_name(family_name, arm, args.train_seed), cell, out_dir / "cells")
     return combine(out_dir, args.shots)
 
 

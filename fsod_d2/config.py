@@ -311,7 +311,9 @@ def _add_episode_config(cfg: CN) -> None:
     f.K_SHOT = 3  # support crops per class
     f.MAX_POSITIVE_CLASSES = 2  # at most this many of the N classes are present in the query
     f.SEED = 0  # episode stream seed; episodes are a function of (SEED, iteration, rank)
-    f.STRICT_SHOTS = False  # True: a class with fewer than K instances is an error, not a warning
+    # True: a class with fewer than K instances is an error, not a warning (K: FSOD.K_SHOT,
+    # FSOD.TEST.K_SHOT, and the K of a K-shot file in DATASETS.TRAIN)
+    f.STRICT_SHOTS = False
 
     f.SUPPORT = CN()
     f.SUPPORT.SIZE = 320  # support crops are SIZE x SIZE (aspect kept, zero padded); 384 also ok
@@ -337,6 +339,13 @@ def _add_episode_config(cfg: CN) -> None:
     # Few-shot datasets declared from config (no Python needed): each entry is
     # "name=<n>;json=<path>;images=<dir>;base=<c1,c2,..>;novel=<c3,...>" (names or ids).
     f.REGISTER = []
+
+    # K-shot adaptation (configs/fsod_mnv2_cpu_adapt.yaml, tools/adapt_model.py): a base-trained
+    # model trained on a K-shot set of its classes (DATASETS.TRAIN, MODEL.WEIGHTS the base model).
+    f.ADAPT = CN()
+    # Parameters that do not train: names starting with one of these prefixes (e.g. "backbone",
+    # "roi_heads.res5"); [] = every parameter trains (besides MODEL.BACKBONE.FREEZE_AT's)
+    f.ADAPT.FREEZE = []
 
     f.TEST = CN()
     # Registered dataset whose annotations provide the K-shot supports at evaluation

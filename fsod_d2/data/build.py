@@ -220,7 +220,10 @@ def check_training_shots(cfg: CfgNode, names: Sequence[str], dicts: Sequence[dic
         return
     k = cfg.FSOD.K_SHOT
     counts = shot_counts(dicts, cfg.FSOD.SUPPORT.MIN_BOX_SIZE)
-    short = {c: outside for c, (_, outside) in counts.items() if outside < k}
+    # with QUERY_FALLBACK a class whose boxes are all in one image takes them from that query
+    fallback = cfg.FSOD.SUPPORT.QUERY_FALLBACK
+    avail = {c: outside or (total if fallback else 0) for c, (total, outside) in counts.items()}
+    short = {c: n for c, n in avail.items() if n < k}
     if short:
         classes = MetadataCatalog.get(names[0]).thing_classes
         desc = [(classes[c], n) for c, n in sorted(short.items())]

@@ -194,6 +194,8 @@ class SupportSampler:
         short = []
         for c in pool.class_ids if class_ids is None else class_ids:
             avail = pool.min_available(c) if for_queries else pool.num_instances(c)
+            if for_queries and avail == 0 and self.query_fallback:
+                avail = pool.num_instances(c)  # all in one image: that query takes them all
             if avail < k:
                 short.append((int(c), pool.num_instances(c), avail))
         if not short:

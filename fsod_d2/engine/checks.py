@@ -10,7 +10,9 @@ loader, and by ``tools/train_net.py`` before it starts processes. It checks:
 * a test set has an evaluator (``evaluator_type`` "coco") and a support set
   (``FSOD.TEST.SUPPORT_DATASET``) with the same classes, annotating every class it evaluates;
 * ``FSOD.TEST.K_SHOT`` is >= 1 and, with ``FSOD.STRICT_SHOTS`` (no sampling with replacement),
-  at most the shots the support set has of each test class.
+  at most the shots the support set has of each test class;
+* a K-shot file in ``DATASETS.TRAIN`` (adaptation) has every class, and K boxes of each with
+  ``FSOD.STRICT_SHOTS`` (:func:`fsod_d2.engine.adapt.check_kshot_training_sets`).
 
 The training shots (``FSOD.K_SHOT``) are checked by the episodic loader, right after it loads
 the training annotations and before it crops anything.
@@ -186,3 +188,6 @@ def check_config(cfg: CfgNode) -> None:
     module docstring). Raises :class:`ConfigError` or :class:`DatasetNotFoundError`."""
     check_datasets(cfg)
     _check_evaluation(cfg)
+    from .adapt import check_kshot_training_sets  # adapt imports this module
+
+    check_kshot_training_sets(cfg)

@@ -44,6 +44,7 @@ from ..modeling.checkpoint import FsodCheckpointer
 from ..modeling.support import PrototypeSet, StalePrototypeError, support_fingerprint
 from ..utils.files import atomic_write
 from ..utils.text import count
+from .adapt import freeze_parameters
 from .checks import check_config, support_dataset_required
 from .hooks import GPUStatsHook, ThroughputHook, explain_oom
 from .precision import needs_grad_scaler, resolve_amp_dtype
@@ -130,6 +131,13 @@ class FsodTrainer(DefaultTrainer):
             )
 
     # ------------------------------------------------------------------ building blocks
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
+        """detectron2's model, with the parameters of ``FSOD.ADAPT.FREEZE`` frozen."""
+        model = super().build_model(cfg)
+        freeze_parameters(model, cfg.FSOD.ADAPT.FREEZE)
+        return model
+
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
         """detectron2's SGD, or AdamW with the same parameter groups (FSOD.ENGINE.OPTIMIZER)."""
