@@ -11,12 +11,12 @@ test-fast: install  ## the fast tier only: unit tests, no multi-process runs or 
 	$(PYTHON) -m pytest -q -m "not slow" tests
 
 lint:
-	$(PYTHON) -m ruff check fsod_d2 fsod_datagen tools tests benchmarks setup.py
-	$(PYTHON) -m ruff format --check fsod_d2 fsod_datagen tools tests benchmarks setup.py
+	$(PYTHON) -m ruff check fsod_d2 fsod_datagen fsod_deploy tools tests benchmarks setup.py
+	$(PYTHON) -m ruff format --check fsod_d2 fsod_datagen fsod_deploy tools tests benchmarks setup.py
 
 format:
-	$(PYTHON) -m ruff check --fix fsod_d2 fsod_datagen tools tests benchmarks setup.py
-	$(PYTHON) -m ruff format fsod_d2 fsod_datagen tools tests benchmarks setup.py
+	$(PYTHON) -m ruff check --fix fsod_d2 fsod_datagen fsod_deploy tools tests benchmarks setup.py
+	$(PYTHON) -m ruff format fsod_d2 fsod_datagen fsod_deploy tools tests benchmarks setup.py
 
 toy:  ## generate the toy few-shot dataset under $$DETECTRON2_DATASETS (default datasets/)
 	$(PYTHON) tools/make_toy_dataset.py

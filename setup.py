@@ -5,6 +5,8 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 DEMO = ["scikit-image", "matplotlib"]
+# tools/export_model.py (torch.onnx's exporter) and the ONNX Runtime backend of tools/predict.py
+EXPORT = ["onnx", "onnxscript", "onnxruntime"]
 
 setup(
     name="fsod-d2",
@@ -29,9 +31,11 @@ setup(
         "setuptools<81",  # detectron2.model_zoo imports pkg_resources
     ],
     # demo: the generated datasets (fsod_datagen: photos from scikit-image) and the benchmarks'
-    # plots; dev (what `make install` installs) includes it.
+    # plots; export: ONNX export and ONNX Runtime; dev (what `make install` installs) includes
+    # them. A machine that only runs exported models needs requirements-runtime.txt alone.
     extras_require={
         "demo": DEMO,
-        "dev": DEMO + ["pytest", "ruff", "black", "psutil"],
+        "export": EXPORT,
+        "dev": DEMO + EXPORT + ["pytest", "ruff", "black", "psutil"],
     },
 )

@@ -110,8 +110,9 @@ class Family:
         info = generate_family(name, self.root, num_train=num_train, num_val=num_val)
         self.stats = info["stats"]
         base, novel = info["base_classes"], info["novel_classes"]
+        # the family's names follow its data: a family drawn under another root replaces them
         for name_, path in ((self.train, info["train_json"]), (self.val, info["val_json"])):
-            register_fewshot_coco(name_, path, info["image_root"], base, novel)
+            register_fewshot_coco(name_, path, info["image_root"], base, novel, overwrite=True)
         coco = json.loads(Path(info["train_json"]).read_text())
         for k in shots:
             for seed in seeds:
@@ -120,7 +121,9 @@ class Family:
                     split = sample_kshot(coco, k, seed, min_box_size=MIN_BOX_SIZE,
                                          source=info["train_json"])  # fmt: skip
                     dump_json(split, str(path))
-                register_fewshot_coco(self.kshot(k, seed), path, info["image_root"], base, novel)
+                register_fewshot_coco(
+                    self.kshot(k, seed), path, info["image_root"], base, novel, overwrite=True
+                )
 
     def kshot(self, k: int, seed: int) -> str:
         return f"{self.train}_{k}shot_seed{seed}"

@@ -4,7 +4,6 @@ sets, the benchmark's adaptation summary, and tools/adapt_model.py on a tiny mod
 import json
 import logging
 import math
-import sys
 
 import cv2
 import pytest
@@ -25,7 +24,7 @@ from fsod_d2.engine.adapt import (
     support_folder_to_coco,
 )
 
-from .common import CONFIG_DIR, REPO_ROOT, TINY_CONFIG, get_tiny_cfg, make_coco_dataset
+from .common import CONFIG_DIR, TINY_CONFIG, get_tiny_cfg, load_tool, make_coco_dataset
 
 ADAPT_CONFIG = CONFIG_DIR / "fsod_mnv2_cpu_adapt.yaml"
 CATEGORY_IDS = (3, 7, 11, 20)
@@ -219,12 +218,7 @@ def test_adaptation_summary_targets_and_spread_over_trainings():
 # ------------------------------------------------------------------------------ the tool
 @pytest.fixture(scope="module")
 def adapt_main():
-    sys.path.insert(0, str(REPO_ROOT / "tools"))
-    try:
-        import adapt_model
-    finally:
-        sys.path.pop(0)
-    return adapt_model.main
+    return load_tool("adapt_model").main
 
 
 @pytest.fixture(scope="module")
@@ -310,11 +304,7 @@ def test_adapt_model_writes_an_adapted_model_that_predict_uses(
     assert all(math.isfinite(float(adapted[k].abs().sum())) for k in trained)
     assert "FREEZE" in (out / "config.yaml").read_text()
 
-    sys.path.insert(0, str(REPO_ROOT / "tools"))
-    try:
-        import predict
-    finally:
-        sys.path.pop(0)
+    predict = load_tool("predict")
     queries = sorted((support_folder["supports"] / "class3").glob("*.png"))[:1]
     dataset = predict.main(
         ["--config-file", str(TINY_CONFIG), "--weights", str(out / "model_final.pth"),

@@ -139,7 +139,7 @@ def test_the_worked_example_runs_as_written(tmp_path, root_set):
         assert record["support_dataset"] == f"parts_5shot_seed{s}"
         assert record["weights"] == "output/parts/model_final.pth"
         assert record["classes"] == list(CATEGORIES)
-    assert "seeds=[0, 1, 2]" in outputs[-1]  # aggregate_seeds' table over the three draws
+    assert "3 seeds [0, 1, 2]" in outputs[-1]  # aggregate_seeds' table over the three draws
     # everything under the one root, nothing at a literal "$DETECTRON2_DATASETS" path
     assert not any("$" in p.name for p in work.rglob("*"))
     assert (work / "datasets").exists() != root_set

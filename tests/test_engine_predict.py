@@ -67,7 +67,7 @@ def test_predict_from_support_folder_then_from_prototypes(predict_main, setup, t
     )  # fmt: skip
     assert len(ds1["images"]) == TOY["num_val"]
     assert len(list((out1 / "vis").glob("*.png"))) == TOY["num_val"]
-    assert (out1 / "prototypes.pth").is_file()
+    assert (out1 / "prototypes.npz").is_file()
 
     coco = COCO(str(out1 / "detections.json"))
     assert len(coco.getCatIds()) == 2 and len(coco.getAnnIds()) > 0
@@ -77,7 +77,7 @@ def test_predict_from_support_folder_then_from_prototypes(predict_main, setup, t
     assert len(results.getAnnIds()) == len(coco.getAnnIds())
 
     ds2 = predict_main(
-        [*common, "--prototypes", str(out1 / "prototypes.pth"), "--input", *queries,
+        [*common, "--prototypes", str(out1 / "prototypes.npz"), "--input", *queries,
          "--output", str(out2), *thresh]
     )  # fmt: skip
     assert ds2["annotations"] == ds1["annotations"]
@@ -93,11 +93,19 @@ def test_predict_rejects_prototypes_of_other_weights(predict_main, setup, tmp_pa
         [*common, "--weights", str(setup["weights"]), "--supports", str(setup["supports"]),
          "--output", str(tmp_path / "a")]
     )  # fmt: skip
-    with pytest.raises(SystemExit, match="different weights"):
-        predict_main(
-            [*common, "--weights", str(other / "model.pth"), "--output", str(tmp_path / "b"),
-             "--prototypes", str(tmp_path / "a" / "prototypes.pth")]
-        )  # fmt: skip
+    for name in ("prototypes.npz", "prototypes.pth"):  # the portable and PyTorch's format
+        if name.endswith(".pth"):
+            predict_main(
+                [*common, "--weights", str(setup["weights"]), "--supports",
+                 str(setup["supports"]), "--output", str(tmp_path / "a"),
+                 "--save-prototypes", str(tmp_path / "a" / name)]
+            )  # fmt: skip
+        with pytest.raises(SystemExit, match="(other|different) weights") as e:
+            predict_main(
+                [*common, "--weights", str(other / "model.pth"), "--output", str(tmp_path / "b"),
+                 "--prototypes", str(tmp_path / "a" / name)]
+            )  # fmt: skip
+        assert "\n" not in str(e.value) and name in str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -121,4 +129,4 @@ def test_predict_refuses_a_bad_box_file_naming_it(predict_main, setup, tmp_path,
     with pytest.raises((ValueError, SystemExit), match=message) as info:
         predict_main([*args, "--output", str(tmp_path / "out")])
     assert str(class_dir) in str(info.value)
-    assert not (tmp_path / "out" / "prototypes.pth").exists()
+    assert not (tmp_path / "out" / "prototypes.npz").exists()

@@ -127,15 +127,16 @@ def test_unreadable_query_image_is_skipped_and_reported(predict, files, tmp_path
 
 def test_weights_are_fingerprinted_once_per_call(predict, files, tmp_path, monkeypatch):
     calls = []
-    original = predict.weights_fingerprint
+    import fsod_d2.modeling.meta_arch as meta_arch
+    import fsod_d2.predictor as predictor
+
+    original = predictor.weights_fingerprint
 
     def counting(model):
         calls.append(1)
         return original(model)
 
-    monkeypatch.setattr(predict, "weights_fingerprint", counting)
-    import fsod_d2.modeling.meta_arch as meta_arch
-
+    monkeypatch.setattr(predictor, "weights_fingerprint", counting)
     monkeypatch.setattr(meta_arch, "weights_fingerprint", counting)
     dataset = predict.main(_argv(files, tmp_path))
     assert len(dataset["categories"]) == 2 and len(calls) == 1

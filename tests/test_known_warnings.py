@@ -66,7 +66,7 @@ def test_support_box_outside_its_image_is_clipped_with_a_warning(tmp_path):
     boxes = {"inside.png": [10, 10, 50, 40], "outside.png": [40, -5, 95, 50]}
     (cls / "boxes.json").write_text(json.dumps(boxes))
     handler = _Records()
-    log = logging.getLogger("fsod_d2.data.support_folder")
+    log = logging.getLogger("fsod_deploy.support_folder")
     log.addHandler(handler)
     try:
         ((name, crops, crop_boxes),) = load_support_folder(

@@ -4,8 +4,8 @@ OMP_NUM_THREADS wins; the torch pool is set to it."""
 import pytest
 import torch
 
-from fsod_d2.utils import threads as threads_module
 from fsod_d2.utils.threads import inference_threads
+from fsod_deploy import threads as threads_module
 
 
 @pytest.mark.parametrize(

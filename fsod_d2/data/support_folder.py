@@ -1,31 +1,22 @@
-"""Support sets from a folder of example images: one sub-folder per class, for inference.
+"""Support sets from a folder of example images, as torch tensors for the model.
 
-Layout (what ``tools/predict.py --supports DIR`` reads)::
+The folder format, its checks and the crops are :mod:`fsod_deploy.support_folder`'s (torch-free,
+shared with the exported runtime); this module turns its arrays into tensors and reads the crop
+parameters from a config. Layout (what ``tools/predict.py --supports DIR`` reads)::
 
     DIR/<class name>/*.jpg|png|...     example images of the class
     DIR/<class name>/boxes.json        optional: {"image file name": [x0, y0, x1, y1], ...}
                                        or a list of such boxes per image (one shot each)
-
-An image without a box entry is the object itself (the whole image is the box). Every problem
-with the folder raises :class:`SupportFolderError` with one line that names the file and says
-what to do about it.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-from typing import Any
-
-import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data.detection_utils import read_image
 
-from .support_pool import IMAGE_READ_ERRORS, convert_bgr, crop_support
-
-logger = logging.getLogger(__name__)
+from fsod_deploy.inputs import IMAGE_EXTENSIONS
+from fsod_deploy.support_folder import BOX_FILE, SupportFolderError, read_box_file
+from fsod_deploy.support_folder import load_support_folder as _load_arrays
 
 __all__ = [
     "BOX_FILE",
@@ -36,155 +27,20 @@ __all__ = [
     "read_box_file",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-BOX_FILE = "boxes.json"
-_BOX_FORMAT = '{"image.jpg": [x0, y0, x1, y1]} or {"image.jpg": [[x0, y0, x1, y1], ...]}'
-
-
-class SupportFolderError(ValueError):
-    """A support folder, one of its images or its box file cannot be used (the message names
-    the file and the fix)."""
-
-
-def _boxes_of(value: Any, path: str, name: str) -> list[list[float]]:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        arr = np.zeros((0,))
-    if arr.ndim == 1:
-        arr = arr[None]
-    if arr.ndim != 2 or arr.shape[1] != 4 or len(arr) == 0 or not np.isfinite(arr).all():
-        raise SupportFolderError(
-            f"{path}: the entry of {name!r} is not a box; write {_BOX_FORMAT} (pixels)"
-        )
-    if (arr[:, 2] <= arr[:, 0]).any() or (arr[:, 3] <= arr[:, 1]).any():
-        raise SupportFolderError(
-            f"{path}: box of {name!r} is not [x0, y0, x1, y1] with x1 > x0 and y1 > y0"
-        )
-    return arr.tolist()
-
-
-def _box_text(box: list[float]) -> str:
-    return "[" + ", ".join(f"{v:g}" for v in box) + "]"
-
-
-def read_box_file(class_dir: str) -> dict[str, list[list[float]]]:
-    """The boxes of ``class_dir/boxes.json`` per image file name (``{}`` without the file)."""
-    path = os.path.join(class_dir, BOX_FILE)
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as e:
-        raise SupportFolderError(
-            f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
-            f"write {_BOX_FORMAT}"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SupportFolderError(f"{path}: cannot be read ({e}); fix or remove it") from None
-    if not isinstance(raw, dict):
-        raise SupportFolderError(
-            f"{path}: expected an object mapping image file names to boxes, "
-            f"got a JSON {type(raw).__name__}; write {_BOX_FORMAT}"
-        )
-    return {str(name): _boxes_of(value, path, name) for name, value in raw.items()}
-
-
-def _read_support_image(path: str) -> np.ndarray:
-    try:
-        return read_image(path, format="BGR")
-    except IMAGE_READ_ERRORS as e:
-        raise SupportFolderError(
-            f"{path}: cannot read this support image ({type(e).__name__}: {e}); "
-            "replace it with a readable image or remove it"
-        ) from None
-
 
 def load_support_folder(
-    folder: str,
-    *,
-    size: int,
-    context: int,
-    image_format: str,
-    k_shot: int = 0,
+    folder: str, *, size: int, context: int, image_format: str, k_shot: int = 0
 ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """Crop every example of a support folder (see the module docstring).
-
-    Args:
-        folder: the support folder, one sub-folder per class (the folder name is the class).
-        size, context: support crop size and context pixels (``FSOD.SUPPORT.SIZE/CONTEXT``).
-        image_format: ``INPUT.FORMAT`` of the model ("BGR" or "RGB").
-        k_shot: use at most this many shots per class (0: all), in file-name order.
-
-    Returns:
-        Per class, sorted by folder name: ``(name, uint8 (K, 3, S, S) crops, float32 (K, 4)
-        XYXY boxes in crop pixels)``; K may differ between classes.
+    """Per class, sorted by folder name: ``(name, uint8 (K, 3, S, S) crops, float32 (K, 4)
+    XYXY boxes in crop pixels)`` (see :func:`fsod_deploy.support_folder.load_support_folder`).
 
     Raises:
         SupportFolderError: a missing or empty folder, an unreadable image, a malformed box file.
     """
-    if not os.path.isdir(folder):
-        raise SupportFolderError(
-            f"support folder {folder} does not exist; give a folder with one sub-folder of "
-            "example images per class"
-        )
-    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
-    if not classes:
-        raise SupportFolderError(
-            f"support folder {folder} has no class sub-folder; put the examples of each class "
-            "in a sub-folder named after the class"
-        )
-    out = []
-    for name in classes:
-        class_dir = os.path.join(folder, name)
-        boxes_of = read_box_file(class_dir)
-        files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
-        unknown = sorted(set(boxes_of) - set(files))
-        if unknown:
-            raise SupportFolderError(
-                f"{os.path.join(class_dir, BOX_FILE)} names images that are not in "
-                f"{class_dir}: {unknown[:5]}; fix the file names or remove their entries"
-            )
-        crops, crop_boxes = [], []
-        for f in files:
-            if 0 < k_shot <= len(crops):
-                break
-            path = os.path.join(class_dir, f)
-            image = _read_support_image(path)
-            h, w = image.shape[:2]
-            for box in boxes_of.get(f, [[0.0, 0.0, float(w), float(h)]]):
-                try:
-                    crop, crop_box = crop_support(image, box, size, context)
-                except ValueError as e:  # the box has no area inside the image
-                    raise SupportFolderError(
-                        f"{os.path.join(class_dir, BOX_FILE)}: box of {f!r}: {e}; give the "
-                        "object's box in the image's pixels"
-                    ) from None
-                if box[0] < 0 or box[1] < 0 or box[2] > w or box[3] > h:
-                    clipped = [max(box[0], 0), max(box[1], 0), min(box[2], w), min(box[3], h)]
-                    logger.warning(
-                        "%s: the box %s of %r reaches outside the image (%d x %d pixels); "
-                        "it is clipped to %s",
-                        os.path.join(class_dir, BOX_FILE),
-                        _box_text(box),
-                        f,
-                        w,
-                        h,
-                        _box_text(clipped),
-                    )
-                crops.append(convert_bgr(crop, image_format))
-                crop_boxes.append(crop_box)
-        if k_shot > 0:
-            crops, crop_boxes = crops[:k_shot], crop_boxes[:k_shot]
-        if not crops:
-            raise SupportFolderError(
-                f"support class folder {class_dir} has no image ({', '.join(IMAGE_EXTENSIONS)}); "
-                "add example images or remove the folder"
-            )
-        images = torch.from_numpy(np.ascontiguousarray(np.stack(crops).transpose(0, 3, 1, 2)))
-        out.append((name, images, torch.from_numpy(np.stack(crop_boxes).astype(np.float32))))
-    return out
+    classes = _load_arrays(
+        folder, size=size, context=context, image_format=image_format, k_shot=k_shot
+    )
+    return [(n, torch.from_numpy(im), torch.from_numpy(bx)) for n, im, bx in classes]
 
 
 def load_support_folder_from_config(

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import uuid
@@ -38,10 +37,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import SizeMismatchError, check_image_size, read_image
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
+
+from fsod_deploy.images import IMAGE_READ_ERRORS as _FILE_READ_ERRORS
+from fsod_deploy.images import convert_bgr, crop_content, crop_support
 
 from .datasets.coco_fewshot import datasets_root
 
@@ -61,7 +62,7 @@ __all__ = [
 # PIL's decoders report as SyntaxError, a decompression bomb, or an image whose size differs
 # from its annotation (SizeMismatchError). Such images are skipped and counted; any other
 # exception is a bug and propagates.
-IMAGE_READ_ERRORS = (OSError, SyntaxError, SizeMismatchError, Image.DecompressionBombError)
+IMAGE_READ_ERRORS = _FILE_READ_ERRORS + (SizeMismatchError,)
 
 # encodings of cached crops: "raw" stores decoded pixels (no decode per episode; ~5-10x the
 # bytes of "jpg", shared by all loader workers through the page cache)
@@ -71,69 +72,6 @@ _CACHE_FORMATS = ("jpg", "png", "raw")
 _CACHE_VERSION = 1
 _JPEG_QUALITY = 95
 _MAX_LOGGED_BAD_IMAGES = 10  # bad images logged one by one; the rest only in the summary
-
-
-def _crop_content(
-    image: np.ndarray, box_xyxy: Sequence[float], size: int, context: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The resized crop without padding (longer side == ``size``) and the box in it."""
-    h, w = image.shape[:2]
-    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
-    x0, x1 = min(max(x0, 0.0), w), min(max(x1, 0.0), w)
-    y0, y1 = min(max(y0, 0.0), h), min(max(y1, 0.0), h)
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"box {list(box_xyxy)} has no area inside the {w}x{h} image")
-    cx0, cy0 = max(math.floor(x0 - context), 0), max(math.floor(y0 - context), 0)
-    cx1, cy1 = min(math.ceil(x1 + context), w), min(math.ceil(y1 + context), h)
-    region = image[cy0:cy1, cx0:cx1]
-    rh, rw = region.shape[:2]
-    scale = size / max(rh, rw)
-    nh, nw = max(1, min(size, round(rh * scale))), max(1, min(size, round(rw * scale)))
-    # INTER_AREA when shrinking avoids aliasing; INTER_LINEAR when enlarging.
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    content = cv2.resize(region, (nw, nh), interpolation=interp)
-    if image.ndim == 3 and content.ndim == 2:  # cv2 drops a single channel axis
-        content = content[:, :, None]
-    sx, sy = nw / rw, nh / rh
-    box = np.array(
-        [(x0 - cx0) * sx, (y0 - cy0) * sy, (x1 - cx0) * sx, (y1 - cy0) * sy], dtype=np.float32
-    )
-    box[0::2] = box[0::2].clip(0, nw)
-    box[1::2] = box[1::2].clip(0, nh)
-    return content, box
-
-
-def crop_support(
-    image: np.ndarray, box_xyxy: Sequence[float], size: int, context: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Crop one support example.
-
-    Args:
-        image: HWC uint8 image (any channel order; it is kept).
-        box_xyxy: object box in image pixels (XYXY, absolute); clipped to the image.
-        size: side of the square output.
-        context: pixels added on every side of the box before cropping (clipped to the image).
-
-    Returns:
-        ``(crop, box)``: the ``(size, size, C)`` uint8 crop, content at the top-left and zeros
-        elsewhere, and the object box (float32 XYXY) in crop pixels.
-
-    Raises:
-        ValueError: if the box has no area inside the image.
-    """
-    content, box = _crop_content(image, box_xyxy, size, context)
-    crop = np.zeros((size, size) + image.shape[2:], dtype=np.uint8)
-    crop[: content.shape[0], : content.shape[1]] = content
-    return crop, box
-
-
-def convert_bgr(image: np.ndarray, image_format: str) -> np.ndarray:
-    """Convert a BGR HWC/NHWC image to ``image_format`` ("BGR" or "RGB")."""
-    if image_format == "BGR":
-        return image
-    if image_format == "RGB":
-        return np.ascontiguousarray(image[..., ::-1])
-    raise ValueError(f"support crops support INPUT.FORMAT 'BGR' or 'RGB', not {image_format!r}")
 
 
 def _usable_boxes(record: dict[str, Any], min_box_size: float) -> list[tuple[int, np.ndarray]]:
@@ -189,7 +127,7 @@ class _CropJob(Dataset):
         params = [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY] if self.encoding == "jpg" else []
         crops = []
         for ann_idx, box in _usable_boxes(r, self.min_box_size):
-            content, crop_box = _crop_content(image, box, self.size, self.context)
+            content, crop_box = crop_content(image, box, self.size, self.context)
             nh, nw = content.shape[:2]
             if self.encoding == "raw":  # decoded pixels: no decode per episode
                 data = np.ascontiguousarray(content).tobytes()

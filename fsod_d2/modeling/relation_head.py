@@ -169,7 +169,7 @@ class MultiRelationROIHeads(Res5ROIHeads):
     def pool_supports(self, features: Tensor, boxes: Tensor) -> Tensor:
         """Support crops' backbone map (S, C, H, W) and object boxes (S, 4) -> the ROI-pooled
         map of each object (S, C, r, r); input of the RPN kernels and of the prototypes."""
-        image_idx = torch.arange(len(boxes), device=boxes.device)  # one crop per image
+        image_idx = torch.arange(boxes.shape[0], device=boxes.device)  # one crop per image
         rois = pair_sampling.pooler_rois(image_idx, boxes.to(features.dtype))
         return self.pooler.level_poolers[0](features, rois)
 

@@ -17,7 +17,11 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from fsod_deploy.prototypes import Prototypes
+from fsod_deploy.prototypes import support_fingerprint as _np_support_fingerprint
+
 from ..utils.files import atomic_write
+from ..utils.text import count
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +49,15 @@ def weights_fingerprint(model: nn.Module) -> str:
 def support_fingerprint(
     support_images: Tensor, support_boxes: Tensor, class_ids: Tensor, shots_per_class: int
 ) -> str:
-    """Hash of a support set: crops, boxes, class ids and K."""
-    h = hashlib.sha1(f"K={shots_per_class}".encode())
-    items = [("images", support_images), ("boxes", support_boxes), ("classes", class_ids)]
-    return _hash_tensors(items, h).hexdigest()
+    """Hash of a support set: crops, boxes, class ids and K (the same value as
+    :func:`fsod_deploy.prototypes.support_fingerprint` of the arrays, so prototypes computed by
+    the exported runtime and by the model carry the same fingerprint)."""
+    return _np_support_fingerprint(
+        support_images.detach().cpu().numpy(),
+        support_boxes.detach().cpu().float().numpy(),
+        torch.as_tensor(class_ids).cpu().long().numpy(),
+        shots_per_class,
+    )
 
 
 @dataclass
@@ -186,12 +195,38 @@ class PrototypeSet:
             "support_fingerprint": self.support_fingerprint,
         }
 
+    def to_numpy(self) -> Prototypes:
+        """The portable form (:class:`fsod_deploy.prototypes.Prototypes`), the exported
+        detector's class input."""
+        return Prototypes(
+            self.class_ids.cpu().numpy(),
+            self.rpn_kernels.detach().cpu().float().numpy(),
+            self.roi_prototypes.detach().cpu().float().numpy(),
+            list(self.class_names),
+            self.weights_fingerprint,
+            self.support_fingerprint,
+        )
+
+    @classmethod
+    def from_numpy(cls, p: Prototypes) -> "PrototypeSet":
+        return cls(
+            torch.from_numpy(p.class_ids),
+            torch.from_numpy(p.rpn_kernels),
+            torch.from_numpy(p.roi_prototypes),
+            list(p.class_names),
+            p.weights_fingerprint,
+            p.support_fingerprint,
+        )
+
     def save(self, path: str) -> None:
-        """Write atomically (:func:`fsod_d2.utils.atomic_write`): readers never see a partial
-        file."""
-        with atomic_write(path, "wb") as f:
-            torch.save(self.state(), f)
-        logger.info("Saved %d class prototypes to %s", len(self), path)
+        """Write atomically (readers never see a partial file): a ``.npz`` path in the portable
+        format that the exported runtime reads, any other path with ``torch.save``."""
+        if str(path).endswith(".npz"):
+            self.to_numpy().save(str(path))
+        else:
+            with atomic_write(path, "wb") as f:
+                torch.save(self.state(), f)
+        logger.info("Saved %s to %s", count(len(self), "class prototype"), path)
 
     @classmethod
     def load(
@@ -205,7 +240,11 @@ class PrototypeSet:
         differs from the stored one (weights changed, or another support set)."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Prototype file {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if str(path).endswith(".npz"):
+            p = Prototypes.load(str(path))
+            state = dict(format_version=_FORMAT_VERSION, **vars(cls.from_numpy(p)))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("format_version") != _FORMAT_VERSION:
             raise StalePrototypeError(
                 f"{path}: format version {state.get('format_version')} != {_FORMAT_VERSION}; "

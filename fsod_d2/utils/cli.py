@@ -1,10 +1,8 @@
-"""What the command-line tools share: checks that run before any work, and one-line errors.
+"""What fsod_d2's command-line tools share: checks that run before any work, and one-line errors.
 
-A mistake in a tool's input (a config key, a file, an output folder) ends the tool with one
-line, ``<tool>: error: <what and the fix>``, and exit code 1, the way argparse reports usage
-errors, instead of a traceback after minutes of work. Tools wrap their ``main`` with
-:func:`one_line_errors`; the error types it turns into that line are those whose messages are
-written for users (:func:`known_errors`). Checks::
+The one-line error mechanism and the output checks are :mod:`fsod_deploy.cli`'s (torch-free,
+shared with the exported runtime's tools); this module adds the errors and checks of configs,
+weights and prototype files. Checks::
 
     check_output_dir(args.output, "--output")        # "", a file, or not writable: one line
     check_output_file(args.json, "--json")
@@ -14,11 +12,15 @@ written for users (:func:`known_errors`). Checks::
 
 from __future__ import annotations
 
-import functools
 import os
-import tempfile
-from collections.abc import Callable
-from typing import Any, TypeVar
+
+from fsod_deploy.cli import (
+    UsageError,
+    check_output_dir,
+    check_output_file,
+    known_errors,
+    one_line_errors,
+)
 
 __all__ = [
     "UsageError",
@@ -26,109 +28,20 @@ __all__ = [
     "check_output_file",
     "check_prototype_file",
     "check_weights_file",
+    "fsod_d2_errors",
     "known_errors",
     "one_line_errors",
 ]
 
-F = TypeVar("F", bound=Callable[..., Any])
 
-
-class UsageError(ValueError):
-    """Bad input to a tool (an option, a file it names); the message is one line naming it and
-    the fix."""
-
-
-def known_errors() -> tuple[type[BaseException], ...]:
-    """The error types whose messages are written for users: one line naming the config key,
-    file or option, and the fix."""
-    from fsod_deploy.inputs import InputError
-
+def fsod_d2_errors() -> tuple[type[BaseException], ...]:
+    """fsod_d2's error types whose messages are written for users (see
+    :func:`fsod_deploy.cli.known_errors`, which includes them)."""
     from ..config import ConfigLoadError
-    from ..data.support_folder import SupportFolderError
     from ..engine.checks import ConfigError, DatasetNotFoundError
     from ..modeling.checkpoint import WeightsError
 
-    return (
-        UsageError,
-        InputError,
-        ConfigLoadError,
-        ConfigError,
-        DatasetNotFoundError,
-        SupportFolderError,
-        WeightsError,
-    )
-
-
-def one_line_errors(tool: str, *extra: type[BaseException]) -> Callable[[F], F]:
-    """Decorator for a tool's ``main``: an error of :func:`known_errors` (or of ``extra``) ends
-    the tool with ``SystemExit("<tool>: error: <message>")``: the message on stderr, exit
-    code 1, no traceback."""
-
-    def wrap(fn: F) -> F:
-        @functools.wraps(fn)
-        def main(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except known_errors() + extra as e:
-                raise SystemExit(f"{tool}: error: {e}") from None
-
-        return main  # type: ignore[return-value]
-
-    return wrap
-
-
-def _probe_writable(folder: str) -> None:
-    """Create and remove a file in ``folder`` (``os.access`` says yes to root even on a
-    read-only file system)."""
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_test_"):
-        pass
-
-
-def check_output_dir(path: str | None, option: str = "--output") -> str:
-    """Create the output folder ``path`` if needed and make sure files can be written in it.
-
-    Raises:
-        UsageError: ``path`` is empty (which would write into the current folder), is a file,
-            or cannot be created or written.
-    """
-    if path is None or not str(path).strip():
-        raise UsageError(f"{option} is empty; give the folder to write to (created if needed)")
-    path = str(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"{option} {path} is a file, not a folder; give a folder to write to")
-    try:
-        os.makedirs(path, exist_ok=True)
-        _probe_writable(path)
-    except OSError as e:
-        raise UsageError(
-            f"{option} {path} cannot be written ({e.strerror or e}); give a folder you can write to"
-        ) from None
-    return path
-
-
-def check_output_file(path: str | None, option: str) -> str:
-    """Make sure the file ``path`` can be written (its folder is created if needed).
-
-    Raises:
-        UsageError: ``path`` is empty or a folder, or its folder cannot be written.
-    """
-    if path is None or not str(path).strip():
-        raise UsageError(f"{option} is empty; give the file to write")
-    path = str(path)
-    if os.path.isdir(path):
-        raise UsageError(f"{option} {path} is a folder; give a file name to write")
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UsageError(f"{option} {path}: {folder} is a file, not a folder")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        _probe_writable(folder)
-    except OSError as e:
-        raise UsageError(
-            f"{option} {path} cannot be written ({e.strerror or e}); give a file in a folder "
-            "you can write to"
-        ) from None
-    return path
+    return (ConfigLoadError, ConfigError, DatasetNotFoundError, WeightsError)
 
 
 def check_weights_file(weights: str, option: str = "MODEL.WEIGHTS") -> None:
