@@ -140,3 +140,84 @@ def test_weights_are_fingerprinted_once_per_call(predict, files, tmp_path, monke
     monkeypatch.setattr(meta_arch, "weights_fingerprint", counting)
     dataset = predict.main(_argv(files, tmp_path))
     assert len(dataset["categories"]) == 2 and len(calls) == 1
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails the test if the model is built: the error must come before any model work."""
+    import fsod_d2.predictor as predictor
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was built before the input was checked")
+
+    monkeypatch.setattr(predictor.TorchDetector, "__init__", refuse)
+
+
+def _with(argv, option, value):
+    i = argv.index(option)
+    return argv[:i] + [option, value] + argv[i + 2 :]
+
+
+def test_input_mistakes_are_one_line_before_the_model_is_built(predict, files, tmp_path, no_model):
+    argv = _argv(files, tmp_path)
+    empty = tmp_path / "empty_supports"
+    empty.mkdir()
+    (tmp_path / "a_file").write_text("x")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes((files / "model.pth").read_bytes()[:200])
+    cases = [
+        (_with(argv, "--input", str(tmp_path / "nothing*.png")), "nothing*.png"),
+        (_with(argv, "--supports", str(empty)), "has no class sub-folder"),
+        (_with(argv, "--output", ""), "--output is empty"),
+        (_with(argv, "--output", str(tmp_path / "a_file")), "is a file, not a folder"),
+        ([*argv, "--k-shot", "-1"], "--k-shot -1"),
+        ([*argv, "MODEL.FSOD.RELATON_DIM", "8"], "did you mean MODEL.FSOD.RELATION_DIM"),
+        (_with(argv, "--config-file", "configs/fsod_mnv2_cpux.yaml"), "fsod_mnv2_cpu.yaml"),
+    ]
+    no_supports = [a for a in argv if a not in ("--supports", str(files / "supports"))]
+    cases += [
+        ([*no_supports, "--prototypes", str(tmp_path / "none.pth")], "none.pth: no such file"),
+        ([*no_supports, "--prototypes", str(truncated)], "truncated.pth cannot be read"),
+        ([*no_supports, "--prototypes", str(files / "model.pth")], "not a prototype file"),
+    ]
+    for args, expected in cases:
+        with pytest.raises(SystemExit) as e:
+            predict.main(args)
+        assert expected in _one_line_error(e), (args, e.value.code)
+
+
+def test_weights_of_another_config_stop_in_one_line(predict, files, tmp_path):
+    """The demo's MobileNetV2 config with the tiny model's weights: refused, naming both."""
+    argv = _with(_argv(files, tmp_path), "--config-file", "configs/demo/fsod_toy_mnv2.yaml")
+    with pytest.raises(SystemExit) as e:
+        predict.main(argv)
+    msg = _one_line_error(e)
+    assert "model.pth do not fit the model of configs/demo/fsod_toy_mnv2.yaml" in msg
+
+
+def test_non_images_are_listed_and_nothing_drawn_is_explained(predict, files, tmp_path, caplog):
+    queries = tmp_path / "queries"
+    shutil.copytree(files / "queries", queries)
+    (queries / "readme.txt").write_text("notes")
+    argv = [*_argv(files, tmp_path, queries=queries), "--confidence-threshold", "0.999"]
+    with caplog.at_level("WARNING"):
+        dataset = predict.main(argv)
+    assert len(dataset["images"]) == 2
+    assert dataset["info"]["skipped_files"] == [str(queries / "readme.txt")]
+    text = caplog.text
+    assert "readme.txt" in text and "not an image" in text
+    best = max(a["score"] for a in dataset["annotations"])
+    assert (
+        f"no detection reached --confidence-threshold 1.00 (the highest score is {best:.2f}" in text
+    )
+
+
+def test_k_shot_keeps_the_first_k_examples(predict, files, tmp_path):
+    from fsod_deploy.prototypes import Prototypes
+
+    predict.main([*_argv(files, tmp_path), "--k-shot", "1"])
+    one = Prototypes.load(str(tmp_path / "out" / "prototypes.npz"))
+    predict.main(_with(_argv(files, tmp_path), "--output", str(tmp_path / "all")))
+    both = Prototypes.load(str(tmp_path / "all" / "prototypes.npz"))
+    assert one.class_names == both.class_names == ["disc", "square"]
+    assert not np.allclose(one.roi_prototypes, both.roi_prototypes)
