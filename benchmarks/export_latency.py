@@ -22,6 +22,7 @@ Prints a table and saves JSON (benchmarks/results/export_latency_<tag>.json).
 import argparse
 import logging
 import os
+import sys
 import tempfile
 import time
 
@@ -170,7 +171,8 @@ def main(argv=None):
             cuda.append({"classes": n, "onnxruntime_cuda_s": seconds})
     payload = {
         "benchmark": "export_latency",
-        "command": "python -m benchmarks.export_latency " + " ".join(argv or []),
+        "command": "python -m benchmarks.export_latency "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "config": os.path.relpath(args.config_file, REPO),
         "weights": os.path.basename(args.weights) or "ImageNet backbone, untrained heads",
         "test_size": [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST],
