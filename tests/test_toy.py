@@ -141,11 +141,36 @@ def test_hard_benchmark_split(tmp_path):
         assert x >= 0 and y >= 0 and bw > 0 and bh > 0 and x + bw <= 160 and y + bh <= 128
 
 
+def test_separate_novel(small, tmp_path):
+    root, _ = small
+    params = {**SMALL, "num_train": 20}
+    result = generate_toy_dataset(tmp_path, separate_novel=True, **params)
+    novel = {toy_category_id(n) for n in result["novel_classes"]}
+    train = _load(result["train_json"])
+    classes_of = {}
+    for ann in train["annotations"]:
+        classes_of.setdefault(ann["image_id"], set()).add(ann["category_id"])
+    novel_images = [i for i, c in classes_of.items() if c & novel]
+    assert novel_images and all(classes_of[i] <= novel for i in novel_images)  # never mixed
+    assert len(classes_of) - len(novel_images) > len(novel_images)
+    assert set().union(*classes_of.values()) == {c["id"] for c in train["categories"]}
+    # the val split is the one drawn without the option; the option is recorded
+    plain = generate_toy_dataset(tmp_path / "plain", **params)
+    assert open(result["val_json"], "rb").read() == open(plain["val_json"], "rb").read()
+    assert open(result["train_json"], "rb").read() != open(plain["train_json"], "rb").read()
+    assert _load(tmp_path / "meta.json")["params"]["separate_novel"] is True
+    assert "separate_novel" not in _load(root / "meta.json")["params"]
+    with pytest.raises(FileExistsError, match="separate_novel"):
+        generate_toy_dataset(tmp_path / "plain", separate_novel=True, **params)
+
+
 def test_invalid_params(tmp_path):
     with pytest.raises(ValueError):
         generate_toy_dataset(tmp_path, difficulty="medium")
     with pytest.raises(ValueError):
         generate_toy_dataset(tmp_path, min_objects=3, max_objects=2)
+    with pytest.raises(ValueError, match="separate_novel"):
+        generate_toy_dataset(tmp_path, num_novel=0, separate_novel=True)
 
 
 def test_tool_refuses_another_split_in_the_registered_folder(tmp_path, monkeypatch, capsys):
