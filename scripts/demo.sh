@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the whole few-shot pipeline on CPU in minutes, on the procedural toy dataset.
-#   1. generate the toy dataset if absent ($DETECTRON2_DATASETS/fsod_toy, default datasets/)
+#   1. generate the toy dataset if absent ($DETECTRON2_DATASETS/fsod_toy, default datasets/; novel
+#      classes in training images of their own)
 #   2. train FsodRCNN episodically on the 20 base classes (configs/demo/fsod_toy_mnv2.yaml:
 #      the pretrained MobileNetV2 recipe)
 #   3. evaluate all 25 classes with seeded 3-shot supports: bAP (base) and nAP (5 novel classes
@@ -27,7 +28,19 @@ mkdir -p "$OUT"
 t0=$(date +%s)
 
 echo "== [1/4] toy dataset ($TOY)"
-$PYTHON tools/make_toy_dataset.py --root "$TOY" 2>&1 | grep -v -i "warn" | tail -n 1
+# --separate-novel: the training images of the novel classes hold no base object, so base
+# training never sees a novel object as unlabelled background (the val split is unchanged).
+make_toy() {
+    $PYTHON tools/make_toy_dataset.py --root "$TOY" --separate-novel "$@" > "$OUT/dataset.log" 2>&1
+}
+if ! make_toy; then
+    # toy data drawn with other parameters (e.g. without --separate-novel): redraw it; anything
+    # else (files the generator did not write) stops here
+    [ -f "$TOY/meta.json" ] || { tail -n 3 "$OUT/dataset.log"; exit 1; }
+    echo "$TOY holds toy data drawn with other parameters: drawing the demo's"
+    make_toy --overwrite || { tail -n 3 "$OUT/dataset.log"; exit 1; }
+fi
+grep -v -i "warn" "$OUT/dataset.log" | tail -n 1
 t1=$(date +%s)
 
 echo "== [2/4] base training + [3/4] evaluation on $PROCS CPU process(es), training seed $SEED: $CONFIG"
