@@ -630,6 +630,17 @@ def _object_counts(
     return counts
 
 
+def _deal(
+    rng: np.random.Generator, counts: Sequence[int], classes: Sequence[int]
+) -> list[list[int]]:
+    """Classes of each image (``counts[i]`` objects), dealt from a deck of shuffled copies of
+    ``classes``: balanced frequencies, every class present if there are enough objects."""
+    copies = -(-sum(counts) // len(classes))
+    deck = np.concatenate([rng.permutation(classes) for _ in range(copies)])
+    starts = np.cumsum([0, *counts])
+    return [[int(c) for c in deck[a:b]] for a, b in zip(starts[:-1], starts[1:])]
+
+
 def _generate_split(
     split: str,
     split_index: int,
@@ -638,8 +649,10 @@ def _generate_split(
     params: dict[str, Any],
     d: _Difficulty,
     image_dir: Path,
+    apart: Sequence[int] = (),
 ) -> tuple[dict[str, Any], int]:
-    """Draw and write one split; returns (COCO dict, skipped objects)."""
+    """Draw and write one split; returns (COCO dict, skipped objects). Classes in ``apart`` get
+    images of their own (a share of the images proportional to their number of classes)."""
     h, w = params["image_size"]
     seed = params["seed"]
     photos = _load_backgrounds()
@@ -647,17 +660,24 @@ def _generate_split(
     counts = _object_counts(
         plan_rng, num_images, len(class_indices), params["min_objects"], params["max_objects"]
     )
-    # Deal classes from a deck of shuffled copies: balanced frequencies, every class present.
-    total = sum(counts)
-    copies = -(-total // len(class_indices))
-    deck = np.concatenate([plan_rng.permutation(class_indices) for _ in range(copies)])
+    if not apart:
+        plan = _deal(plan_rng, counts, class_indices)
+    else:
+        rest = [c for c in class_indices if c not in set(apart)]
+        share = min(max(1, round(num_images * len(apart) / len(class_indices))), num_images - 1)
+        own = set(plan_rng.choice(num_images, share, replace=False).tolist())
+        groups = {True: [i for i in range(num_images) if i in own]}
+        groups[False] = [i for i in range(num_images) if i not in own]
+        plan = [[] for _ in range(num_images)]
+        for is_apart, classes in ((False, rest), (True, list(apart))):
+            dealt = _deal(plan_rng, [counts[i] for i in groups[is_apart]], classes)
+            for i, cats in zip(groups[is_apart], dealt):
+                plan[i] = cats
 
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
-    skipped, cursor = 0, 0
-    for i, n in enumerate(counts):
-        cats = [int(c) for c in deck[cursor : cursor + n]]
-        cursor += n
+    skipped = 0
+    for i, cats in enumerate(plan):
         rng = np.random.default_rng([seed, split_index, 1, i])
         img, placed, miss = _render_image(cats, rng, h, w, d, photos)
         skipped += miss
@@ -718,6 +738,8 @@ def _check_params(params: dict[str, Any]) -> None:
         raise ValueError("need 1 <= min_objects <= max_objects")
     if params["seed"] < 0:
         raise ValueError("seed must be >= 0")
+    if params.get("separate_novel") and (params["num_novel"] < 1 or params["num_train"] < 2):
+        raise ValueError("separate_novel needs num_novel >= 1 and num_train >= 2")
 
 
 def _result(root: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -753,6 +775,7 @@ def generate_toy_dataset(
     max_objects: int = 6,
     seed: int = 0,
     difficulty: str = "easy",
+    separate_novel: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Generate (or reuse) the toy few-shot detection dataset under ``root``.
@@ -774,6 +797,10 @@ def generate_toy_dataset(
         min_objects, max_objects: annotated objects per image (uniform, inclusive).
         seed: everything is a function of the parameters; same seed -> identical JSON.
         difficulty: "easy" or "hard" (more jitter, clutter that occludes objects).
+        separate_novel: in the train split, novel-class objects only in images without base
+            objects (a share of the images proportional to the number of novel classes), so
+            that base training (``<name>_base``, images without base objects left out) never
+            sees a novel object as unlabelled background. The val split is drawn as without it.
         overwrite: regenerate even if ``root`` holds a dataset.
 
     Returns:
@@ -793,6 +820,8 @@ def generate_toy_dataset(
         "seed": int(seed),
         "difficulty": str(difficulty),
     }
+    if separate_novel:  # recorded only when set: datasets written without the option still match
+        params["separate_novel"] = True
     _check_params(params)
     root = Path(root)
     meta_path = root / "meta.json"
@@ -827,7 +856,10 @@ def generate_toy_dataset(
         image_dir = root / "images" / split
         if image_dir.exists():
             shutil.rmtree(image_dir)
-        coco, skipped = _generate_split(split, split_index, n, class_indices, params, d, image_dir)
+        apart = class_indices[len(base) :] if separate_novel and split == "train" else ()
+        coco, skipped = _generate_split(
+            split, split_index, n, class_indices, params, d, image_dir, apart
+        )
         _write_json(root / f"{split}.json", coco)
         stats[f"{split}_images"] = len(coco["images"])
         stats[f"{split}_boxes"] = len(coco["annotations"])

@@ -141,11 +141,63 @@ def test_hard_benchmark_split(tmp_path):
         assert x >= 0 and y >= 0 and bw > 0 and bh > 0 and x + bw <= 160 and y + bh <= 128
 
 
+def test_separate_novel(small, tmp_path):
+    root, _ = small
+    params = {**SMALL, "num_train": 20}
+    result = generate_toy_dataset(tmp_path, separate_novel=True, **params)
+    novel = {toy_category_id(n) for n in result["novel_classes"]}
+    train = _load(result["train_json"])
+    classes_of = {}
+    for ann in train["annotations"]:
+        classes_of.setdefault(ann["image_id"], set()).add(ann["category_id"])
+    novel_images = [i for i, c in classes_of.items() if c & novel]
+    assert novel_images and all(classes_of[i] <= novel for i in novel_images)  # never mixed
+    assert len(classes_of) - len(novel_images) > len(novel_images)
+    assert set().union(*classes_of.values()) == {c["id"] for c in train["categories"]}
+    # the val split is the one drawn without the option; the option is recorded
+    plain = generate_toy_dataset(tmp_path / "plain", **params)
+    assert open(result["val_json"], "rb").read() == open(plain["val_json"], "rb").read()
+    assert open(result["train_json"], "rb").read() != open(plain["train_json"], "rb").read()
+    assert _load(tmp_path / "meta.json")["params"]["separate_novel"] is True
+    assert "separate_novel" not in _load(root / "meta.json")["params"]
+    with pytest.raises(FileExistsError, match="separate_novel"):
+        generate_toy_dataset(tmp_path / "plain", separate_novel=True, **params)
+
+
+def test_tool_separate_novel(tmp_path):
+    """--separate-novel reaches the generator; on data drawn without it the tool stops with one
+    line naming the option, and --overwrite redraws (what scripts/demo.sh relies on)."""
+    from .common import load_tool
+
+    tool = load_tool("make_toy_dataset")
+    size = ["--num-train", "20", "--num-val", "4", "--image-size", "96", "128"]
+    plain = tool.main(["--root", str(tmp_path / "toy"), *size])
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--root", str(tmp_path / "toy"), "--separate-novel", *size])
+    assert e.value.code != 0 and "\n" not in str(e.value.code)
+    assert "separate_novel" in str(e.value.code) and "--overwrite" in str(e.value.code)
+    val = open(plain["val_json"], "rb").read()
+    result = tool.main(["--root", str(tmp_path / "toy"), "--separate-novel", "--overwrite", *size])
+    api = generate_toy_dataset(
+        tmp_path / "api", separate_novel=True, num_train=20, num_val=4, image_size=(96, 128)
+    )
+    assert open(result["train_json"], "rb").read() == open(api["train_json"], "rb").read()
+    assert open(result["val_json"], "rb").read() == val
+    novel = {toy_category_id(n) for n in result["novel_classes"]}
+    classes_of = {}
+    for ann in _load(result["train_json"])["annotations"]:
+        classes_of.setdefault(ann["image_id"], set()).add(ann["category_id"])
+    assert any(c <= novel for c in classes_of.values())
+    assert all(c <= novel or not c & novel for c in classes_of.values())
+
+
 def test_invalid_params(tmp_path):
     with pytest.raises(ValueError):
         generate_toy_dataset(tmp_path, difficulty="medium")
     with pytest.raises(ValueError):
         generate_toy_dataset(tmp_path, min_objects=3, max_objects=2)
+    with pytest.raises(ValueError, match="separate_novel"):
+        generate_toy_dataset(tmp_path, num_novel=0, separate_novel=True)
 
 
 def test_tool_refuses_another_split_in_the_registered_folder(tmp_path, monkeypatch, capsys):

@@ -47,6 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-objects", type=int, default=6, help="annotated objects per image, max")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hard", action="store_true", help="difficulty 'hard' (clutter, occlusion)")
+    p.add_argument(
+        "--separate-novel",
+        action="store_true",
+        help="train split: novel-class objects only in images without base objects, so that "
+        "base training never sees them as unlabelled background (the val split is unchanged)",
+    )
     p.add_argument("--overwrite", action="store_true", help="regenerate even if present")
     return p.parse_args(argv)
 
@@ -96,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
             max_objects=args.max_objects,
             seed=args.seed,
             difficulty="hard" if args.hard else "easy",
+            separate_novel=args.separate_novel,
             overwrite=args.overwrite,
         )
     except (ValueError, FileExistsError) as e:  # bad sizes or counts; other data at --root
