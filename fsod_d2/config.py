@@ -272,15 +272,15 @@ def _add_model_config(cfg: CN) -> None:
     # Test time: how match logits become detection scores. "softmax": the prototype set's
     # classes compete for each ROI, an (N+1)-way softmax with a zero background logit (equal to
     # the sigmoid when one class matches), so an object scores lower for a class it matches
-    # less well than another. "sigmoid": each class on its own (paper). Same trained models:
-    # novel AP up, base AP a little down (demo: nAP50 11.9 -> 16.3, bAP 32.8 -> 30.1; 50-class
-    # benchmark: 5-shot nAP50 +4.5, README). Only with SHARED_PROPOSALS (else an ROI has one class).
+    # less well than another. "sigmoid": each class on its own (paper). On the same trained
+    # models softmax raised novel AP and lowered base AP a little (benchmarks/CHANGELOG.md).
+    # Only with SHARED_PROPOSALS (else an ROI has one class).
     m.TEST_SCORE = "softmax"
     # Run conv + FrozenBatchNorm pairs (ResNet) as one convolution with the norm folded into the
     # weights: same parameters, checkpoints and outputs; saves the norm's elementwise passes.
     m.FOLD_FROZEN_BN = True
     # Parameters and backbone inputs in channels-last memory format (cuDNN's NHWC kernels without
-    # layout transposes). Off: not measured faster on a GPU here yet.
+    # layout transposes). Off by default: no GPU measurement shows a gain yet.
     m.CHANNELS_LAST = False
 
     # ---- Testing and benchmark knobs (not for production configs) ----
@@ -361,7 +361,7 @@ def _add_engine_config(cfg: CN) -> None:
     e.LOG_GPU_STATS_PERIOD = 20  # iterations between GPU utilisation / memory records
     # "SGD" (detectron2's, SOLVER.MOMENTUM/NESTEROV) or "AdamW" (betas below; SOLVER.BASE_LR,
     # WEIGHT_DECAY and the bias/norm factors apply as for SGD). AdamW trains the tiny CPU
-    # models from scratch much faster (demo); the paper setting uses SGD.
+    # models from scratch in fewer iterations (the toy demo's tiny config); the paper uses SGD.
     e.OPTIMIZER = "SGD"
     e.ADAMW_BETAS = (0.9, 0.999)  # AdamW only
     # Autocast dtype when SOLVER.AMP.ENABLED: "auto" (bfloat16 on GPUs that support it, else
