@@ -157,8 +157,15 @@ class AppPage:
         found = self.web.find_elements(By.CSS_SELECTOR, css)
         return found[0] if found else None
 
-    def wait(self, condition: Callable[[], Any], what: str, timeout: float | None = None) -> Any:
-        """Poll ``condition`` until it returns something true; returns it."""
+    def wait(
+        self,
+        condition: Callable[[], Any],
+        what: str,
+        timeout: float | None = None,
+        poll: float = 0.02,
+    ) -> Any:
+        """Poll ``condition`` every ``poll`` seconds until it returns something true; returns
+        it."""
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             try:
@@ -169,7 +176,7 @@ class AppPage:
                 return value
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out waiting for {what}")
-            time.sleep(0.02)
+            time.sleep(poll)
 
     def element(self, css: str):
         return self.wait(lambda: self._find(css), css)

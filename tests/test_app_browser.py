@@ -215,3 +215,32 @@ def test_counting_in_the_page_matches_predict(page, files, tmp_path, one_thread)
     assert data["count"] == len(shown) > 0
     assert f"{len(shown)} objects like the 2 examples" in page.message("count-message")
     _assert_same(data["detections"], shown)
+
+
+def test_latency_benchmark_times_clicks_and_the_model(files, tmp_path, monkeypatch, one_thread):
+    from benchmarks import app_latency
+
+    supports = tmp_path / "supports"
+    with open(files["example"], "rb") as f:
+        save_support_folder(str(supports), {"square": [("example.png", f.read(), [EXAMPLE_BOX])]})
+    monkeypatch.setenv("FSOD_BENCH_OUT", str(tmp_path / "results"))
+    shot = tmp_path / "page.png"
+    payload = app_latency.main(
+        ["--config-file", str(TINY_CONFIG), "--weights", files["weights"],
+         "--supports", str(supports), "--image", files["query"], "--width", "300",
+         "--repeats", "2", "--threads", "1", "--screenshot", str(shot), "--tag", "smoke", *OPTS]
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "results" / "app_latency_smoke.json").read_text())
+    assert saved == json.loads(json.dumps(payload))
+    assert payload["image"] == [300, 240]  # 200 x 160 scaled to 300 px wide, aspect kept
+    assert payload["classes"] == ["square"] and payload["app_threads"] == 1
+    for key in ("click_to_result", "model_only"):
+        times = payload["times_s"] if key == "click_to_result" else None
+        summary = payload[key]
+        assert summary["n"] == 2 and 0 < summary["min_s"] <= summary["median_s"] <= summary["max_s"]
+        if times:
+            assert summary["std_s"] == pytest.approx(float(np.std(times, ddof=1)))
+    # paths are kept without the machine's folders
+    assert payload["weights"] == os.path.join(files["root"].name, "model.pth")
+    assert not any(part.startswith("/") for part in payload["command"].split())
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
