@@ -1,5 +1,5 @@
 PYTHON ?= python
-.PHONY: install test test-fast lint format demo toy
+.PHONY: install test test-fast lint format demo toy app
 
 install:  ## torch, detectron2 (from source unless importable), fsod-d2 editable + dev extras
 	PYTHON=$(PYTHON) bash scripts/install.sh
@@ -23,3 +23,12 @@ toy:  ## generate the toy few-shot dataset under $$DETECTRON2_DATASETS (default 
 
 demo: install  ## toy data -> base training on CPU -> novel K-shot eval (bAP/nAP) -> visualizations
 	bash scripts/demo.sh
+
+app: install  ## the app (tools/app.py) on the demo model with the demo's novel classes; prints the URL
+	@out=$${DEMO_OUTPUT:-output/demo}; \
+	if [ ! -f "$$out/model_final.pth" ]; then \
+	  echo "make app: $$out/model_final.pth is missing; run 'make demo' first (it trains the demo model)"; \
+	  exit 1; \
+	fi; \
+	$(PYTHON) tools/app.py --config-file $${DEMO_CONFIG:-configs/demo/fsod_toy_mnv2.yaml} \
+	    --weights "$$out/model_final.pth" --supports "$$out/novel_supports"

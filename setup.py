@@ -7,6 +7,8 @@ from setuptools import find_packages, setup
 DEMO = ["scikit-image", "matplotlib"]
 # tools/export_model.py (torch.onnx's exporter) and the ONNX Runtime backend of tools/predict.py
 EXPORT = ["onnx", "onnxscript", "onnxruntime"]
+# tools/app.py, the interactive few-shot detection app
+APP = ["gradio>=6,<7"]
 
 setup(
     name="fsod-d2",
@@ -31,11 +33,13 @@ setup(
         "setuptools<81",  # detectron2.model_zoo imports pkg_resources
     ],
     # demo: the generated datasets (fsod_datagen: photos from scikit-image) and the benchmarks'
-    # plots; export: ONNX export and ONNX Runtime; dev (what `make install` installs) includes
-    # them. A machine that only runs exported models needs requirements-runtime.txt alone.
+    # plots; export: ONNX export and ONNX Runtime; app: tools/app.py; dev (what `make install`
+    # installs) includes them, and Selenium for the browser tests (they drive the system's
+    # Chromium). A machine that only runs exported models needs requirements-runtime.txt alone.
     extras_require={
         "demo": DEMO,
         "export": EXPORT,
-        "dev": DEMO + EXPORT + ["pytest", "ruff", "black", "psutil"],
+        "app": APP,
+        "dev": DEMO + EXPORT + APP + ["pytest", "ruff", "black", "psutil", "selenium"],
     },
 )

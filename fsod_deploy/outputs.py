@@ -88,7 +88,15 @@ class PredictionWriter:
 
     def add(self, path: str, image_bgr: np.ndarray, detections: Detections) -> dict:
         """Record one image's detections and write its picture; returns its image entry."""
-        h, w = image_bgr.shape[:2]
+        entry = self.record(path, image_bgr.shape[:2], detections)
+        vis = self.draw(image_bgr, detections)
+        cv2.imwrite(os.path.join(self.vis_dir, _vis_name(path, self._used)), vis)
+        return entry
+
+    def record(self, path: str, image_hw: Sequence[int], detections: Detections) -> dict:
+        """Record one image's detections without writing its picture (the app draws its own);
+        returns its image entry."""
+        h, w = (int(v) for v in image_hw[:2])
         entry = {"id": len(self.images) + 1, "file_name": path, "height": h, "width": w}
         self.images.append(entry)
         self.results += coco_results(entry["id"], detections)
@@ -96,8 +104,6 @@ class PredictionWriter:
             best = float(detections.scores.max())
             if self._best is None or best > self._best[0]:
                 self._best = (best, path)
-        vis = self.draw(image_bgr, detections)
-        cv2.imwrite(os.path.join(self.vis_dir, _vis_name(path, self._used)), vis)
         return entry
 
     def num_drawn(self) -> int:

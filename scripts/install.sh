@@ -18,6 +18,7 @@ if (cd / && $PY - "$here" 2>/dev/null <<'EOF'
 import os, sys
 import detectron2, fsod_d2, pytest, ruff, setuptools, torch, torchvision  # noqa: F401
 import onnx, onnxruntime, onnxscript  # noqa: F401  (the export extra)
+import gradio, selenium  # noqa: F401  (the app extra; the browser tests)
 from fsod_d2.utils import torchvision_cache as tvc
 src = os.path.dirname(os.path.dirname(os.path.realpath(fsod_d2.__file__)))
 ok = int(setuptools.__version__.split(".")[0]) < 81 and src == sys.argv[1]
@@ -55,7 +56,8 @@ fi
 
 # the editable install must point at *this* checkout (CI runs in a fresh clone elsewhere);
 # ask from / so that the current directory does not shadow the installed package
-installed=$(cd / && $PY -c "import os, fsod_d2, pytest, ruff, onnx, onnxruntime, onnxscript; \
+installed=$(cd / && $PY -c "import os, fsod_d2, pytest, ruff, onnx, onnxruntime, onnxscript, \
+gradio, selenium; \
 print(os.path.dirname(os.path.dirname(os.path.realpath(fsod_d2.__file__))))" 2>/dev/null || true)
 if [ "$installed" = "$here" ]; then
   log "fsod-d2 already installed (editable, $here)"

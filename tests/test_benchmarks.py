@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks import (
     ap_by_size,
+    app_latency,
     fewshot_ablation,
     fewshot_quality,
     plots,
@@ -304,3 +305,28 @@ def test_ap_by_size_records_paths_without_machine_folders(tmp_path, monkeypatch)
     assert ap_by_size.portable("eval/results.json") == "eval/results.json"
     elsewhere = tmp_path / "other" / "run0" / "results.json"
     assert ap_by_size.portable(str(elsewhere)) == "run0/results.json"
+
+
+def test_app_latency_summary_scaling_and_paths_without_machine_folders(tmp_path):
+    import cv2
+    import numpy as np
+
+    out = app_latency.summary([0.5, 0.7, 0.6, 1.2])
+    assert out == {
+        "median_s": pytest.approx(0.65),
+        "std_s": pytest.approx(float(np.std([0.5, 0.7, 0.6, 1.2], ddof=1))),
+        "min_s": 0.5,
+        "max_s": 1.2,
+        "n": 4,
+    }
+    image = tmp_path / "run0" / "query.jpg"
+    image.parent.mkdir()
+    cv2.imwrite(str(image), np.zeros((240, 320, 3), np.uint8))
+    scaled = app_latency.scaled_image(str(image), 640, str(tmp_path))
+    assert cv2.imread(scaled).shape == (480, 640, 3)
+    assert app_latency.shown(str(image)) == "run0/query.jpg"
+    assert app_latency.shown(str(app_latency.RECIPE)) == "configs/fsod_mnv2_cpu.yaml"
+    assert app_latency.shown("--repeats") == "--repeats"
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(SystemExit, match="notes.txt is not a readable image"):
+        app_latency.scaled_image(str(tmp_path / "notes.txt"), 640, str(tmp_path))
