@@ -222,7 +222,8 @@ def eval_fsod(cfg, model, family: Family, k, seed, out_dir, shuffle=False) -> di
 
 # ---------------------------------------------------------------------------------- cells
 def cell_cfg(arm: str, family: Family, out_dir: Path, opts: List[str], train_seed: int = 0):
-    seeds = ["SEED", str(train_seed), "FSOD.SEED", str(train_seed)] if train_seed else []
+    # SEED too (the recipe leaves it at -1, a random seed), so that a training is repeatable
+    seeds = ["SEED", str(train_seed), "FSOD.SEED", str(train_seed)]
     cfg = setup_cfg(str(ARMS[arm]), seeds + list(opts))
     cfg.defrost()
     cfg.DATASETS.TRAIN = (f"{family.train}_base",)
