@@ -39,6 +39,7 @@ a Markdown table (mean ± sample std over K-shot draws).
     python -m benchmarks.fewshot_quality --family objects --arm fsod_pretrained
     python -m benchmarks.fewshot_quality --table             # combine the cells
     python -m benchmarks.fewshot_quality --arm fsod_adapted --train-seed 1   # another training
+    python -m benchmarks.fewshot_quality --arm fsod_adapted --resume   # a stopped base training
 """
 
 import argparse
@@ -140,11 +141,14 @@ def loss_curves(trainer, points: int = 50) -> Dict[str, list]:
     return out
 
 
-def train(trainer_cls, cfg) -> tuple:
-    """Train with the config's own schedule; returns (trainer, record of the training)."""
+def train(trainer_cls, cfg, resume: bool = False) -> tuple:
+    """Train with the config's own schedule; returns (trainer, record of the training).
+    ``resume``: continue from the last checkpoint in ``cfg.OUTPUT_DIR`` if there is one (the
+    record's seconds and losses then cover the resumed iterations only)."""
     start = time.perf_counter()
     trainer = trainer_cls(cfg)
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_load(resume=resume)
+    start_iter = trainer.start_iter
     trainer.train()
     record = {
         "iterations": cfg.SOLVER.MAX_ITER,
@@ -152,6 +156,8 @@ def train(trainer_cls, cfg) -> tuple:
         "seconds": time.perf_counter() - start,
         "losses": loss_curves(trainer),
     }
+    if start_iter:
+        record["resumed_at_iteration"] = start_iter
     return trainer, record
 
 
@@ -247,7 +253,7 @@ def base_model(args, family: Family, work: Path):
     cfg = cell_cfg("fsod_pretrained", family, out, args.opts, args.train_seed)
     weights = out / "model_final.pth"
     if not weights.is_file():
-        trainer, record = train(FsodTrainer, cfg)
+        trainer, record = train(FsodTrainer, cfg, resume=args.resume)
         return cfg, trainer.model, record
     model = FsodTrainer.build_model(cfg)
     DetectionCheckpointer(model).load(str(weights))
@@ -301,7 +307,7 @@ def run_cell(args, family: Family, arm: str, work: Path) -> dict:
     if arm == "fsod_adapted":
         record = run_adapted(args, family, work, rows)
     elif arm.startswith("fsod"):
-        trainer, record = train(FsodTrainer, cfg)
+        trainer, record = train(FsodTrainer, cfg, resume=args.resume)
         model = trainer.model
         for k in args.shots:
             for seed in args.seeds:
@@ -601,6 +607,11 @@ def parse_args(argv=None):
     parser.add_argument(
         "--adapt-opts", nargs="+", default=[], metavar="KEY VALUE",
         help="overrides of the adaptation only (after configs/fsod_mnv2_cpu_adapt.yaml's keys)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="FsodRCNN base trainings continue from the last checkpoint in their cell's folder "
+        "(a run that was stopped) instead of starting again",
     )  # fmt: skip
     parser.add_argument(
         "--no-control", dest="control", action="store_false",
