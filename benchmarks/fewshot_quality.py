@@ -285,6 +285,7 @@ def run_adapted(args, family: Family, work: Path, rows: list) -> dict:
             run_dir = str(out / "eval" / f"fsod_pretrained_{k}shot_seed{seed}")
             m = eval_fsod(cfg, model, family, k, seed, run_dir)
             rows.append({"method": "fsod_pretrained", "k": k, "seed": seed, **m})
+            logger.info("%s fsod_pretrained K=%d seed=%d: %s", family.name, k, seed, m)
             ad = adapt_cfg(cfg, family, k, seed, weights, out / f"adapt_{k}shot_seed{seed}",
                            list(args.opts) + list(args.adapt_opts))  # fmt: skip
             trainer, ad_record = train(FsodTrainer, ad)
