@@ -204,6 +204,13 @@ def test_adaptation_summary_targets_and_spread_over_trainings():
     assert t["5shot_gain_nAP50"] == pytest.approx(6.0) and t["meets_5shot_gain_5"]
     assert t["meets_10shot_ge_5shot"] and t["meets_1shot_not_below"]
     assert t["5shot_bAP50_drop"] == pytest.approx(1.0) and t["meets_bAP50_drop_le_2"]
+    # a training measured at 5 shots only is judged there, not failed for the other K
+    five = [r for r in data if r["train_seed"] == 0 or r["k"] == 5]
+    only5 = fewshot_quality.adaptation_targets(fewshot_quality.summarize(five), [1, 5, 10])
+    assert set(only5["shapes/train1"]) == {
+        "5shot_gain_nAP50", "5shot_bAP50_drop", "meets_5shot_gain_5", "meets_bAP50_drop_le_2"
+    }  # fmt: skip
+    assert only5["shapes/train0"] == targets["shapes/train0"]
     spread = fewshot_quality.over_trainings(data)["shapes/fsod_adapted@5shot"]
     assert spread["trainings"] == [0, 1, 2]
     assert spread["nAP50"]["mean"] == pytest.approx(38.0)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from benchmarks import (
     ap_by_size,
@@ -19,8 +20,10 @@ from benchmarks import (
     profile_train_step,
     train_throughput,
 )
+from fsod_d2.data import register_fewshot_coco
+from fsod_d2.engine import FsodTrainer
 
-from .common import get_tiny_cfg
+from .common import get_tiny_cfg, make_coco_dataset
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +169,35 @@ def test_fewshot_quality_smoke(tmp_path, monkeypatch, restore_loggers):
     assert len(table) == 2 + 8 and table[2].startswith("| shapes | fsod_pretrained |")
     assert (out / "fewshot_quality_losses.png").stat().st_size > 1000
     assert (out / "fewshot_quality_work" / "objects_fsod_pretrained.png").stat().st_size > 1000
+
+
+def test_fewshot_quality_train_resumes_from_the_last_checkpoint(tmp_path):
+    """``--resume``: a stopped base training continues at the iteration after its last
+    checkpoint, with the optimizer's state, and the record says where it resumed."""
+    json_path, image_root, _ = make_coco_dataset(tmp_path, num_images=8, category_ids=(3, 7, 11))
+    register_fewshot_coco("t_fq_resume", json_path, image_root, ["class3", "class7", "class11"])
+    try:
+        cfg = get_tiny_cfg(
+            "DATASETS.TRAIN", "('t_fq_resume_base',)", "DATASETS.TEST", "()",
+            "OUTPUT_DIR", str(tmp_path / "cell"), "SOLVER.MAX_ITER", "2",
+            "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "1",
+        )  # fmt: skip
+        _, first = fewshot_quality.train(FsodTrainer, cfg)
+        assert "resumed_at_iteration" not in first and len(first["losses"]["total_loss"]) == 2
+        cfg.defrost()
+        cfg.SOLVER.MAX_ITER = 5
+        trainer, record = fewshot_quality.train(FsodTrainer, cfg, resume=True)
+        assert record["resumed_at_iteration"] == 2 and trainer.iter == 5  # max_iter: done
+        assert len(record["losses"]["total_loss"]) == 3  # iterations 2-4 only
+        assert (tmp_path / "cell" / "model_final.pth").is_file()
+        _, again = fewshot_quality.train(FsodTrainer, cfg)  # without resume: from the start
+        assert "resumed_at_iteration" not in again and len(again["losses"]["total_loss"]) == 5
+    finally:
+        for name in ("t_fq_resume", "t_fq_resume_base", "t_fq_resume_novel"):
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+    assert fewshot_quality.parse_args(["--resume"]).resume
+    assert not fewshot_quality.parse_args([]).resume
 
 
 def test_fewshot_quality_summary_uses_sample_std_and_targets():
