@@ -36,6 +36,7 @@ def _is_cpu_sized(cfg) -> bool:
 # where the product names configs that a user or script runs
 NAMING_FILES = ["README.md", "datasets/README.md", "benchmarks/README.md", "Makefile"]
 NAMING_GLOBS = [
+    "docs/*.md",
     "scripts/*",
     "tools/*.py",
     "benchmarks/*.py",
