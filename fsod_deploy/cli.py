@@ -10,6 +10,7 @@ weights and prototype files).
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "UsageError",
+    "add_inference_options",
     "check_output_dir",
     "check_output_file",
     "known_errors",
@@ -26,6 +28,17 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def add_inference_options(parser: Any) -> None:
+    """The options every inference tool ends with: ``--threads`` and config overrides."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads (default: the cores other processes leave free; OMP_NUM_THREADS)",
+    )
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
 
 
 class UsageError(ValueError):

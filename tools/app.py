@@ -44,7 +44,7 @@ except ImportError:
     ) from None
 
 from fsod_deploy.app_state import AppError, ClassLibrary, Session  # noqa: E402
-from fsod_deploy.cli import UsageError, one_line_errors  # noqa: E402
+from fsod_deploy.cli import UsageError, add_inference_options, one_line_errors  # noqa: E402
 from fsod_deploy.threads import free_threads  # noqa: E402
 
 logger = logging.getLogger("fsod_d2.app")
@@ -70,13 +70,7 @@ def parse_args(argv=None):
         default=0.3,
         help="the threshold slider's start: minimum score of drawn detections",
     )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads (default: the cores other processes leave free; OMP_NUM_THREADS)",
-    )
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    add_inference_options(p)
     return p.parse_args(argv)
 
 

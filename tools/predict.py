@@ -38,7 +38,13 @@ import time
 
 from tqdm import tqdm
 
-from fsod_deploy.cli import UsageError, check_output_dir, check_output_file, one_line_errors
+from fsod_deploy.cli import (
+    UsageError,
+    add_inference_options,
+    check_output_dir,
+    check_output_file,
+    one_line_errors,
+)
 from fsod_deploy.images import IMAGE_READ_ERRORS, read_image
 from fsod_deploy.inputs import find_images
 from fsod_deploy.outputs import PredictionWriter
@@ -82,13 +88,7 @@ def parse_args(argv=None):
         "shared by the classes of the prototypes (MODEL.FSOD.TEST_SCORE softmax), so they run "
         "lower with many classes (benchmarks/README.md measures what a threshold keeps)",
     )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads (default: the cores other processes leave free; OMP_NUM_THREADS)",
-    )
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    add_inference_options(p)
     return p.parse_args(argv)
 
 
