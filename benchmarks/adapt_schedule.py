@@ -47,7 +47,7 @@ logger = logging.getLogger("fsod_d2.benchmarks.adapt_schedule")
 # overrides on top of the adapt config's keys; "config" is the config as it is
 CANDIDATES: Dict[str, List[str]] = {
     "config": [],
-    "res5_trains": ["FSOD.ADAPT.FREEZE", "['backbone']"],
+    "res5_frozen": ["FSOD.ADAPT.FREEZE", "['backbone', 'roi_heads.res5']"],
     "head_only": ["FSOD.ADAPT.FREEZE", "['backbone', 'roi_heads.res5', 'proposal_generator']"],
     "lr_3e-4": ["SOLVER.BASE_LR", "0.0003"],
     "lr_3e-5": ["SOLVER.BASE_LR", "0.00003"],
@@ -160,7 +160,7 @@ def parse_args(argv=None):
                         help="the --out-dir of benchmarks/fewshot_quality.py")  # fmt: skip
     parser.add_argument("--family", nargs="+", choices=FAMILIES, default=list(FAMILIES))
     parser.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES),
-                        default=["config", "res5_trains", "lr_3e-4"])  # fmt: skip
+                        default=["config", "res5_frozen", "iters_400"])  # fmt: skip
     parser.add_argument("--shots", nargs="+", type=int, default=[5])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="K-shot draws")
     parser.add_argument("--train-seed", type=int, default=0, help="base training (SEED)")
