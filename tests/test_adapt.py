@@ -357,3 +357,13 @@ def test_fewshot_quality_adapted_arm_and_schedule_sweep_smoke(tmp_path, monkeypa
     assert cands == ["none", "config", "lr_3e-4"]
     assert "nAP50_gain" in sweep["summary"]["shapes/config@1shot"]
     assert (out / "adapt_schedule.json").is_file()
+
+
+def test_single_shot_note_names_the_classes_with_one_example():
+    from fsod_d2.engine.adapt import single_shot_note
+
+    assert single_shot_note({"gear": 3, "spring": 5}) is None
+    every = single_shot_note({"gear": 1, "spring": 1})
+    assert every.startswith("every class has one example")
+    some = single_shot_note({"gear": 1, "spring": 4, "bolt": 1})
+    assert some.startswith("bolt, gear: only one example") and "spring" not in some

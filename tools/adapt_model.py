@@ -42,7 +42,12 @@ from fsod_d2.config import setup_cfg
 from fsod_d2.data import register_fewshot_coco
 from fsod_d2.data.support_folder import SupportFolderError
 from fsod_d2.engine import ConfigError, FsodTrainer
-from fsod_d2.engine.adapt import ProgressBar, adaptation_overrides, support_folder_to_coco
+from fsod_d2.engine.adapt import (
+    ProgressBar,
+    adaptation_overrides,
+    single_shot_note,
+    support_folder_to_coco,
+)
 
 logger = logging.getLogger("fsod_d2.adapt_model")
 DEFAULT_ADAPT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fsod_mnv2_cpu_adapt.yaml"
@@ -150,6 +155,9 @@ def run(args) -> dict:
         ", ".join(f"{n}: {k}" for n, k in shots.items()),
         cfg.SOLVER.MAX_ITER,
     )
+    note = single_shot_note(shots)
+    if note:
+        logger.warning(note)
     start = time.perf_counter()
     trainer = AdaptTrainer(cfg)
     trainer.resume_or_load(resume=False)

@@ -50,6 +50,7 @@ __all__ = [
     "check_kshot_training_sets",
     "freeze_parameters",
     "kshot_set_info",
+    "single_shot_note",
     "support_folder_to_coco",
 ]
 
@@ -258,6 +259,20 @@ def support_folder_to_coco(
                 taken += 1
     info = {"description": f"support folder {folder} ({BOX_FILE} boxes, else whole images)"}
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}
+
+
+def single_shot_note(shots: dict[str, int]) -> str | None:
+    """A caution when some classes have one example only (adaptation pays with several shots
+    per class; benchmarks/README.md measures it per K), else None."""
+    single = sorted(name for name, k in shots.items() if k == 1)
+    if not single:
+        return None
+    which = "every class has" if len(single) == len(shots) else f"{', '.join(single)}: only"
+    return (
+        f"{which} one example; adaptation from one example per class may not beat the base "
+        "model (see benchmarks/README.md, K-shot adaptation): add examples, or keep the adapted "
+        "model only if it detects your classes better on held-out images"
+    )
 
 
 # ------------------------------------------------------------------------------ progress
