@@ -582,7 +582,7 @@ class Session:
     """
 
     def __init__(self, library: ClassLibrary, workdir: str | None = None):
-        self.library = library
+        self.classes = library
         self.workdir = workdir or tempfile.mkdtemp(prefix="fsod_app_")
         os.makedirs(self.workdir, exist_ok=True)
         self.model_runs = 0  # images this page ran the model on
@@ -692,7 +692,7 @@ class Session:
             if not self.draft:
                 raise AppError("upload 1 or more example images of the class first")
             boxes = parse_box_lines(boxes_text, [e.file_name for e in self.draft])
-            message = self.library.add_class(
+            message = self.classes.add_class(
                 name, [(ex, boxes.get(ex.file_name)) for ex in self.draft]
             )
             self.draft, self._draft_corners = [], {}
@@ -709,7 +709,7 @@ class Session:
             AppError: no class, no upload, or no upload that is an image.
         """
         with self._lock:
-            prototypes = self.library.prototypes()
+            prototypes = self.classes.prototypes()
             if not paths:
                 raise AppError("upload one or more images to detect the classes in")
             names = list(names) or [os.path.basename(p) for p in paths]
@@ -725,8 +725,8 @@ class Session:
                     bad.append(str(e))
                     writer.unreadable.append(name)
                     continue
-                with self.library.lock:
-                    dets = self.library.detector.detect(image, prototypes)
+                with self.classes.lock:
+                    dets = self.classes.detector.detect(image, prototypes)
                 self.model_runs += 1
                 writer.record(name, image.shape, dets)
                 images.append((name, image, dets))
@@ -734,7 +734,7 @@ class Session:
                 raise AppError(
                     bad[0] if len(bad) == 1 else f"none of the uploads is an image: {bad[0]}"
                 )
-            writer.finish(prototypes.class_ids.tolist(), {"backend": self.library.backend})
+            writer.finish(prototypes.class_ids.tolist(), {"backend": self.classes.backend})
             self.detection = _Detection(self._next_run(), writer, images)
             view = self.redraw(threshold)
             if bad:
@@ -849,10 +849,10 @@ class Session:
                     f"draw 1 to {MAX_COUNT_EXAMPLES} boxes around examples of the object "
                     f"(two clicks each), not {len(boxes)}"
                 )
-            crops, crop_boxes = self.library.crop([(ex.file_name, ex.image, boxes)])
-            prototype = self.library.prototype_of("object", crops, crop_boxes)
-            with self.library.lock:
-                dets = self.library.detector.detect(ex.image, prototype)
+            crops, crop_boxes = self.classes.crop([(ex.file_name, ex.image, boxes)])
+            prototype = self.classes.prototype_of("object", crops, crop_boxes)
+            with self.classes.lock:
+                dets = self.classes.detector.detect(ex.image, prototype)
             self.model_runs += 1
             self.counted = _Count(self._next_run(), ex, boxes, dets)
             return self.recount(threshold)
@@ -898,4 +898,4 @@ class Session:
             boxes = parse_box_lines(boxes_text).get("", [])
             if not boxes:
                 raise AppError("draw 1 or more boxes around examples of the object first")
-            return self.library.add_class(name, [(ex, boxes)], source="boxes on one image")
+            return self.classes.add_class(name, [(ex, boxes)], source="boxes on one image")

@@ -109,7 +109,7 @@ class Pages:
     ``keep``."""
 
     def __init__(self, library: ClassLibrary, root: str, keep: int = 16):
-        self.library, self.root, self.keep = library, root, keep
+        self.classes, self.root, self.keep = library, root, keep
         self._sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -117,7 +117,7 @@ class Pages:
         key = getattr(request, "session_hash", None) or "local"
         with self._lock:
             if key not in self._sessions:
-                self._sessions[key] = Session(self.library, tempfile.mkdtemp(dir=self.root))
+                self._sessions[key] = Session(self.classes, tempfile.mkdtemp(dir=self.root))
             self._sessions.move_to_end(key)
             while len(self._sessions) > self.keep:
                 self._sessions.popitem(last=False)[1].close()
@@ -175,7 +175,7 @@ CSS = """
 
 def build_ui(pages: Pages, threshold: float):
     """The page: three tabs over :class:`~fsod_deploy.app_state.Session`'s methods."""
-    library = pages.library
+    library = pages.classes
 
     class Pictures:
         """RGB pictures -> PNG files in the page's folder (fast to write, lossless)."""
