@@ -48,11 +48,14 @@ logger = logging.getLogger("fsod_d2.benchmarks.adapt_schedule")
 CANDIDATES: Dict[str, List[str]] = {
     "config": [],
     "res5_frozen": ["FSOD.ADAPT.FREEZE", "['backbone', 'roi_heads.res5']"],
+    "res5_trains": ["FSOD.ADAPT.FREEZE", "['backbone']", "FSOD.ADAPT.LOW_SHOT_K", "0"],
     "head_only": ["FSOD.ADAPT.FREEZE", "['backbone', 'roi_heads.res5', 'proposal_generator']"],
     "lr_3e-4": ["SOLVER.BASE_LR", "0.0003"],
     "lr_3e-5": ["SOLVER.BASE_LR", "0.00003"],
     "iters_400": ["SOLVER.MAX_ITER", "400"],
     "iters_100": ["SOLVER.MAX_ITER", "100"],
+    "iters_40": ["SOLVER.MAX_ITER", "40"],
+    "iters_fixed": ["FSOD.ADAPT.ITERS_PER_SHOT", "0"],
     "kshot_2": ["FSOD.K_SHOT", "2", "FSOD.STRICT_SHOTS", "False"],
 }
 
@@ -133,7 +136,7 @@ def summarize(results: dict, shots: List[int]) -> dict:
 def table(summary: dict, families: List[str], shots: List[int]) -> str:
     cands = sorted({key.split("/")[1].split("@")[0] for key in summary})
     head = "| candidate | K | " + " | ".join(
-        f"{f} nAP50 (gain) | {f} bAP50 (drop)" for f in families
+        f"{f} nAP50 (gain) | {f} bAP50 (change)" for f in families
     )
     lines = [head + " | mean gain | s |", "|---|---|" + "---|" * (2 * len(families) + 2)]
     for cand in cands:

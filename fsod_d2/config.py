@@ -346,6 +346,14 @@ def _add_episode_config(cfg: CN) -> None:
     # Parameters that do not train: names starting with one of these prefixes (e.g. "backbone",
     # "roi_heads.res5"); [] = every parameter trains (besides MODEL.BACKBONE.FREEZE_AT's)
     f.ADAPT.FREEZE = []
+    # Training on K-shot sets with at most LOW_SHOT_K shots per class (the smallest K of the
+    # K-shot sets in DATASETS.TRAIN) freezes LOW_SHOT_FREEZE instead of FREEZE: fewer examples,
+    # fewer parameters to fit them. 0 = FREEZE at every K.
+    f.ADAPT.LOW_SHOT_K = 0
+    f.ADAPT.LOW_SHOT_FREEZE = []
+    # Training on K-shot sets (K as for LOW_SHOT_K) runs max(SOLVER.MAX_ITER, ITERS_PER_SHOT x K)
+    # iterations: more examples, more iterations to see them. 0 = SOLVER.MAX_ITER at every K.
+    f.ADAPT.ITERS_PER_SHOT = 0
 
     f.TEST = CN()
     # Registered dataset whose annotations provide the K-shot supports at evaluation

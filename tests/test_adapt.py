@@ -20,8 +20,11 @@ from fsod_d2.engine import ConfigError, FsodTrainer, check_config
 from fsod_d2.engine.adapt import (
     adaptation_overrides,
     freeze_parameters,
+    frozen_prefixes,
     kshot_set_info,
+    scheduled_cfg,
     support_folder_to_coco,
+    training_shots,
 )
 
 from .common import CONFIG_DIR, TINY_CONFIG, get_tiny_cfg, load_tool, make_coco_dataset
@@ -118,6 +121,83 @@ def test_freeze_refuses_a_prefix_that_matches_nothing():
     with pytest.raises(ValueError, match=r"FSOD.ADAPT.FREEZE: \['roi_head'\] match no parameter"):
         freeze_parameters(model, ["backbone", "roi_head"])
     assert freeze_parameters(model, []) == 0
+
+
+def _trains(model, prefix):
+    params = [p for n, p in model.named_parameters() if n.startswith(prefix + ".")]
+    assert params
+    return any(p.requires_grad for p in params)
+
+
+def test_low_shot_sets_freeze_the_low_shot_parts(coco, tmp_path):
+    """At most FSOD.ADAPT.LOW_SHOT_K shots per class (the smallest K of the K-shot training
+    sets) freezes LOW_SHOT_FREEZE (the adapt config: res5 too), more freezes FREEZE."""
+    _kshot(coco, tmp_path, 1, "adapt_low_1shot_seed0")
+    _kshot(coco, tmp_path, 2, "adapt_low_2shot_seed0")
+    cfg = _adapt_cfg()
+    assert cfg.FSOD.ADAPT.LOW_SHOT_K >= 1
+    assert "roi_heads.res5" in cfg.FSOD.ADAPT.LOW_SHOT_FREEZE
+    assert "roi_heads.res5" not in cfg.FSOD.ADAPT.FREEZE
+
+    cfg.DATASETS.TRAIN = ("adapt_low_1shot_seed0",)
+    assert training_shots(cfg) == 1
+    assert frozen_prefixes(cfg) == (cfg.FSOD.ADAPT.LOW_SHOT_FREEZE, "FSOD.ADAPT.LOW_SHOT_FREEZE")
+    model = FsodTrainer.build_model(cfg)
+    assert not _trains(model, "roi_heads.res5") and not _trains(model, "backbone")
+    assert _trains(model, "roi_heads.relation")
+
+    cfg.DATASETS.TRAIN = ("adapt_low_2shot_seed0",)
+    assert training_shots(cfg) == 2
+    assert frozen_prefixes(cfg) == (cfg.FSOD.ADAPT.FREEZE, "FSOD.ADAPT.FREEZE")
+    assert _trains(FsodTrainer.build_model(cfg), "roi_heads.res5")
+
+    cfg.DATASETS.TRAIN = ("adapt_low_2shot_seed0", "adapt_low_1shot_seed0")
+    assert training_shots(cfg) == 1  # the fewest shots decide
+    cfg.FSOD.ADAPT.LOW_SHOT_K = 0  # off: FREEZE at every K
+    assert frozen_prefixes(cfg)[1] == "FSOD.ADAPT.FREEZE"
+
+    _register("adapt_low_plain", coco["json"], coco["image_root"])
+    cfg.FSOD.ADAPT.LOW_SHOT_K = 1
+    cfg.DATASETS.TRAIN = ("adapt_low_plain",)  # not a K-shot set: FREEZE
+    assert training_shots(cfg) is None and frozen_prefixes(cfg)[1] == "FSOD.ADAPT.FREEZE"
+    MetadataCatalog.get("adapt_low_plain").set(kshot=1)  # as tools/adapt_model.py registers
+    assert training_shots(cfg) == 1 and frozen_prefixes(cfg)[1] == "FSOD.ADAPT.LOW_SHOT_FREEZE"
+
+    cfg.FSOD.ADAPT.LOW_SHOT_FREEZE = ["backbone", "roi_heads.res6"]
+    with pytest.raises(ValueError, match=r"FSOD.ADAPT.LOW_SHOT_FREEZE: \['roi_heads.res6'\]"):
+        FsodTrainer.build_model(cfg)
+
+
+def test_iterations_grow_with_the_shots_of_the_kshot_set(coco, tmp_path):
+    """max(SOLVER.MAX_ITER, FSOD.ADAPT.ITERS_PER_SHOT x K) iterations on K-shot sets; other
+    trainings keep SOLVER.MAX_ITER. The trainer runs that many."""
+    _kshot(coco, tmp_path, 1, "adapt_iters_1shot_seed0")
+    _kshot(coco, tmp_path, 3, "adapt_iters_3shot_seed0")
+    cfg = _adapt_cfg("SOLVER.MAX_ITER", 4, "FSOD.ADAPT.ITERS_PER_SHOT", 2)
+    cfg.DATASETS.TRAIN = ("adapt_iters_1shot_seed0",)
+    assert scheduled_cfg(cfg) is cfg  # 2 x 1 < 4
+    cfg.DATASETS.TRAIN = ("adapt_iters_3shot_seed0",)
+    longer = scheduled_cfg(cfg)
+    assert longer.SOLVER.MAX_ITER == 6 and cfg.SOLVER.MAX_ITER == 4 and longer.is_frozen()
+    assert scheduled_cfg(longer) is longer  # applied once
+    cfg.FSOD.ADAPT.ITERS_PER_SHOT = 0
+    assert scheduled_cfg(cfg) is cfg
+    cfg.FSOD.ADAPT.ITERS_PER_SHOT = 2
+    _register("adapt_iters_plain", coco["json"], coco["image_root"])
+    cfg.DATASETS.TRAIN = ("adapt_iters_plain",)  # not a K-shot set
+    assert scheduled_cfg(cfg) is cfg
+
+    cfg.DATASETS.TRAIN = ("adapt_iters_3shot_seed0",)
+    cfg.FSOD.SUPPORT.CACHE_DIR = str(tmp_path / "cache")
+    cfg.FSOD.STRICT_SHOTS = False
+    trainer = FsodTrainer(cfg)
+    assert trainer.max_iter == 6 and trainer.cfg.SOLVER.MAX_ITER == 6
+
+
+def test_adapt_config_grows_iterations_with_shots():
+    cfg = setup_cfg(str(ADAPT_CONFIG))
+    assert 0 < cfg.FSOD.ADAPT.ITERS_PER_SHOT < cfg.SOLVER.MAX_ITER  # 1 shot: MAX_ITER
+    assert "FSOD.ADAPT.ITERS_PER_SHOT" in adaptation_overrides(str(ADAPT_CONFIG))[::2]
 
 
 # ------------------------------------------------------------------------------ K-shot check
@@ -297,10 +377,13 @@ def test_adapt_model_writes_an_adapted_model_that_predict_uses(
     record = adapt_main(
         ["--config-file", str(TINY_CONFIG), "--weights", str(support_folder["weights"]),
          "--supports", str(support_folder["supports"]), "--output", str(out),
-         "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "0", "SOLVER.BASE_LR", "0.01"]
+         "SOLVER.MAX_ITER", "2", "FSOD.ADAPT.ITERS_PER_SHOT", "1", "SOLVER.WARMUP_ITERS", "0",
+         "SOLVER.BASE_LR", "0.01"]
     )  # fmt: skip
+    # 3 shots per class x FSOD.ADAPT.ITERS_PER_SHOT 1 > SOLVER.MAX_ITER 2
     assert record["classes"] == ["class3", "class7"] and record["iterations"] == 3
     assert record["shots"] == {"class3": 3, "class7": 3} and record["seconds"] > 0
+    assert record["frozen"] == list(setup_cfg(str(ADAPT_CONFIG)).FSOD.ADAPT.FREEZE)  # K = 3
     saved = json.loads((out / "adaptation.json").read_text())
     assert saved["weights"] == str(out / "model_final.pth")
     adapted = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
@@ -313,6 +396,17 @@ def test_adapt_model_writes_an_adapted_model_that_predict_uses(
     assert res5 and any(not torch.equal(adapted[k], base[k]) for k in res5)
     assert all(math.isfinite(float(adapted[k].abs().sum())) for k in trained)
     assert "FREEZE" in (out / "config.yaml").read_text()
+
+    one = adapt_main(
+        ["--config-file", str(TINY_CONFIG), "--weights", str(support_folder["weights"]),
+         "--supports", str(support_folder["supports"]), "--output", str(tmp_path / "one"),
+         "--k-shot", "1", "SOLVER.MAX_ITER", "2", "FSOD.ADAPT.ITERS_PER_SHOT", "1",
+         "SOLVER.WARMUP_ITERS", "0"]
+    )  # fmt: skip
+    assert one["shots"] == {"class3": 1, "class7": 1}
+    assert one["frozen"] == list(setup_cfg(str(ADAPT_CONFIG)).FSOD.ADAPT.LOW_SHOT_FREEZE)
+    one_shot = torch.load(tmp_path / "one" / "model_final.pth", weights_only=False)["model"]
+    assert all(torch.equal(one_shot[k], base[k]) for k in res5)  # res5 frozen at one shot
 
     predict = load_tool("predict")
     queries = sorted((support_folder["supports"] / "class3").glob("*.png"))[:1]
@@ -337,6 +431,7 @@ def test_fewshot_quality_adapted_arm_and_schedule_sweep_smoke(tmp_path, monkeypa
     argv = ["--family", "shapes", "--arm", "fsod_adapted", "--shots", "1", "--seeds", "0", "1"]
     argv += tiny + ["--out-dir", str(out), "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0"]
     argv += ["SOLVER.STEPS", "()", "MODEL.TORCHVISION.WEIGHTS", ""]  # nothing downloaded
+    argv += ["FSOD.ADAPT.ITERS_PER_SHOT", "0"]  # SOLVER.MAX_ITER at every K
     report = fewshot_quality.main(argv)
     runs = json.loads((out / "cells" / "shapes_fsod_adapted.json").read_text())["runs"]
     assert [(r["method"], r["seed"]) for r in runs] == [
@@ -351,7 +446,7 @@ def test_fewshot_quality_adapted_arm_and_schedule_sweep_smoke(tmp_path, monkeypa
 
     sweep = adapt_schedule.main(
         ["--work", str(out), "--family", "shapes", "--candidates", "config", "lr_3e-4",
-         "--shots", "1", "--dev-images", "2", "--dev-seed", "7", *tiny, *argv[-8:]]
+         "--shots", "1", "--dev-images", "2", "--dev-seed", "7", *tiny, *argv[-10:]]
     )  # fmt: skip
     cands = [r["candidate"] for r in sweep["results"]["shapes"]["rows"]]
     assert cands == ["none", "config", "lr_3e-4"]

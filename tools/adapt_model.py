@@ -13,13 +13,14 @@ example images and an optional ``boxes.json`` (``{"image.jpg": [x0, y0, x1, y1]}
 boxes per image); an image without an entry is the object itself. Its images, with their boxes,
 become a small training set, and the model trains on it for a short schedule: the keys that the
 adapt config (``--adapt-config``, default ``configs/fsod_mnv2_cpu_adapt.yaml``) changes on its
-recipe (frozen parts, learning rate, iterations, episodes) are applied on top of
+recipe (frozen parts, learning rate, iterations per shot, episodes) are applied on top of
 ``--config-file`` (the config the model was trained with). Photos with ``boxes.json`` make better
 training images than tight crops of the objects.
 
 Writes ``<output>/model_final.pth`` (the adapted weights, for ``predict.py --weights``),
 ``<output>/config.yaml`` (the adaptation's config), ``<output>/adaptation.json`` (classes,
-shots, iterations, seconds) and ``<output>/support_set.json`` (the training set, COCO format).
+shots, iterations, frozen parts, seconds) and ``<output>/support_set.json`` (the training set,
+COCO format).
 Detect with the same support folder: the adapted model is trained to match these examples.
 
 Bad input stops the tool with one line that names the file and the fix (exit code 1): a missing
@@ -45,6 +46,8 @@ from fsod_d2.engine import ConfigError, FsodTrainer
 from fsod_d2.engine.adapt import (
     ProgressBar,
     adaptation_overrides,
+    frozen_prefixes,
+    scheduled_cfg,
     single_shot_note,
     support_folder_to_coco,
 )
@@ -143,10 +146,12 @@ def run(args) -> dict:
             DatasetCatalog.remove(dataset + suffix)
             MetadataCatalog.remove(dataset + suffix)
     register_fewshot_coco(dataset, json_file, args.supports, names, [], variants=False)
-    cfg = build_adapt_cfg(args, dataset, len(names))
     shots = {n: 0 for n in names}
     for a in coco["annotations"]:
         shots[names[a["category_id"] - 1]] += 1
+    # the set's K (its fewest examples per class) selects the parts to freeze
+    MetadataCatalog.get(dataset).set(kshot=min(shots.values()))
+    cfg = scheduled_cfg(build_adapt_cfg(args, dataset, len(names)))
     logger.info(
         "Adapting %s to %d classes of %s (%s), %d iterations",
         cfg.MODEL.WEIGHTS,
@@ -173,6 +178,7 @@ def run(args) -> dict:
         "classes": names,
         "shots": shots,
         "iterations": cfg.SOLVER.MAX_ITER,
+        "frozen": frozen_prefixes(cfg)[0],
         "seconds": seconds,
         "weights": os.path.join(args.output, "model_final.pth"),
     }

@@ -6,7 +6,11 @@ The adaptation is an ordinary :class:`~fsod_d2.engine.FsodTrainer` run with a co
 ``tools/prepare_fewshot_splits.py`` writes), the parts named in ``FSOD.ADAPT.FREEZE`` frozen and
 a short schedule. This module holds what that needs besides the trainer:
 
-* :func:`freeze_parameters` (``FSOD.ADAPT.FREEZE``; the trainer calls it on its model);
+* :func:`freeze_parameters` and :func:`frozen_prefixes` (``FSOD.ADAPT.FREEZE``, or
+  ``FSOD.ADAPT.LOW_SHOT_FREEZE`` when the K-shot training sets have at most
+  ``FSOD.ADAPT.LOW_SHOT_K`` shots per class; the trainer freezes its model with them);
+* :func:`scheduled_cfg`: ``SOLVER.MAX_ITER`` grown to ``FSOD.ADAPT.ITERS_PER_SHOT`` x K on
+  K-shot sets (the trainer runs with it);
 * :func:`check_kshot_training_sets`: a K-shot file in ``DATASETS.TRAIN`` with a class missing is
   refused before anything is built; a class with fewer than K usable boxes is refused with
   ``FSOD.STRICT_SHOTS`` (on in the adapt config), else logged (its shots are then sampled with
@@ -49,7 +53,9 @@ __all__ = [
     "adaptation_overrides",
     "check_kshot_training_sets",
     "freeze_parameters",
+    "frozen_prefixes",
     "kshot_set_info",
+    "training_shots",
     "single_shot_note",
     "support_folder_to_coco",
 ]
@@ -60,11 +66,14 @@ _NOT_ADAPTATION = ("DATASETS.", "MODEL.WEIGHTS", "OUTPUT_DIR", "FSOD.REGISTER", 
 
 
 # ------------------------------------------------------------------------------ freezing
-def freeze_parameters(model: torch.nn.Module, prefixes: Sequence[str]) -> int:
+def freeze_parameters(
+    model: torch.nn.Module, prefixes: Sequence[str], key: str = "FSOD.ADAPT.FREEZE"
+) -> int:
     """Stop the gradient of every parameter whose name starts with one of ``prefixes``
     (names as in ``model.named_parameters()``; a DistributedDataParallel's ``module.`` is not
     part of them). Returns the number of frozen tensors; a prefix that matches no parameter is
-    an error (a typo would silently train everything)."""
+    an error naming ``key``, the config key they came from (a typo would silently train
+    everything)."""
     prefixes = [p for p in prefixes if p]
     if not prefixes:
         return 0
@@ -81,19 +90,61 @@ def freeze_parameters(model: torch.nn.Module, prefixes: Sequence[str]) -> int:
     if unknown:
         tops = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
         raise ValueError(
-            f"FSOD.ADAPT.FREEZE: {unknown} match no parameter of the model; use prefixes of "
+            f"{key}: {unknown} match no parameter of the model; use prefixes of "
             f"parameter names, e.g. {tops} or 'roi_heads.res5'"
         )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info(
-        "FSOD.ADAPT.FREEZE %s: %d tensors frozen; %d of %d parameters train",
+        "%s %s: %d tensors frozen; %d of %d parameters train",
+        key,
         prefixes,
         frozen,
         trainable,
         total,
     )
     return frozen
+
+
+def frozen_prefixes(cfg: CfgNode) -> tuple[list[str], str]:
+    """``(prefixes, key)``: what to freeze for ``cfg``'s training and the config key it comes
+    from. ``FSOD.ADAPT.LOW_SHOT_FREEZE`` when ``FSOD.ADAPT.LOW_SHOT_K`` > 0 and the K-shot sets
+    of ``DATASETS.TRAIN`` have at most that many shots per class (:func:`training_shots`),
+    else ``FSOD.ADAPT.FREEZE``."""
+    adapt = cfg.FSOD.ADAPT
+    k = training_shots(cfg) if adapt.LOW_SHOT_K > 0 else None
+    if k is not None and k <= adapt.LOW_SHOT_K:
+        logger.info(
+            "K-shot training set with K=%d <= FSOD.ADAPT.LOW_SHOT_K=%d: freezing "
+            "FSOD.ADAPT.LOW_SHOT_FREEZE",
+            k,
+            adapt.LOW_SHOT_K,
+        )
+        return list(adapt.LOW_SHOT_FREEZE), "FSOD.ADAPT.LOW_SHOT_FREEZE"
+    return list(adapt.FREEZE), "FSOD.ADAPT.FREEZE"
+
+
+def scheduled_cfg(cfg: CfgNode) -> CfgNode:
+    """``cfg`` with ``SOLVER.MAX_ITER`` = max(``SOLVER.MAX_ITER``, ``FSOD.ADAPT.ITERS_PER_SHOT``
+    x K) when ``DATASETS.TRAIN`` has K-shot sets (K: :func:`training_shots`); else ``cfg``
+    itself. A changed config is a frozen copy."""
+    per_shot = cfg.FSOD.ADAPT.ITERS_PER_SHOT
+    k = training_shots(cfg) if per_shot > 0 else None
+    if k is None or per_shot * k <= cfg.SOLVER.MAX_ITER:
+        return cfg
+    out = cfg.clone()
+    out.defrost()
+    out.SOLVER.MAX_ITER = per_shot * k
+    out.freeze()
+    logger.info(
+        "K-shot training set with K=%d: %d iterations (FSOD.ADAPT.ITERS_PER_SHOT=%d x K, more "
+        "than SOLVER.MAX_ITER=%d)",
+        k,
+        out.SOLVER.MAX_ITER,
+        per_shot,
+        cfg.SOLVER.MAX_ITER,
+    )
+    return out
 
 
 # ------------------------------------------------------------------------------ K-shot check
@@ -125,6 +176,21 @@ def kshot_set_info(name: str) -> dict[str, Any] | None:
         wanted = set(recorded["classes"])
         ids = [c for c in ids if names[c] in wanted]
     return {"k": int(k), "file": path, "classes": ids, "coco": coco}
+
+
+def training_shots(cfg: CfgNode) -> int | None:
+    """Shots per class of the K-shot sets in ``DATASETS.TRAIN``: the smallest K among them (a
+    dataset's metadata ``kshot``, as ``tools/adapt_model.py`` registers its support set, else
+    :func:`kshot_set_info`'s K); None when none of them is a K-shot set."""
+    ks = []
+    for name in cfg.DATASETS.TRAIN:
+        k = MetadataCatalog.get(name).get("kshot", None)
+        if k is None:
+            info = kshot_set_info(name)
+            k = info["k"] if info else None
+        if k is not None:
+            ks.append(int(k))
+    return min(ks) if ks else None
 
 
 def check_kshot_training_sets(cfg: CfgNode) -> None:

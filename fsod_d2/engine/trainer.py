@@ -44,7 +44,7 @@ from ..modeling.checkpoint import FsodCheckpointer
 from ..modeling.support import PrototypeSet, StalePrototypeError, support_fingerprint
 from ..utils.files import atomic_write
 from ..utils.text import count
-from .adapt import freeze_parameters
+from .adapt import freeze_parameters, frozen_prefixes, scheduled_cfg
 from .checks import check_config, support_dataset_required
 from .hooks import GPUStatsHook, ThroughputHook, explain_oom
 from .precision import needs_grad_scaler, resolve_amp_dtype
@@ -114,6 +114,7 @@ class FsodTrainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode, *, config_file: str = ""):
         """``config_file``: the file ``cfg`` was read from, named in messages about weights."""
         check_config(cfg)  # before the model, the support cache and the loader are built
+        cfg = scheduled_cfg(cfg)  # K-shot adaptation: iterations per shot
         self.config_file = config_file
         with _cpu_ddp_support(cfg.MODEL.DEVICE):
             super().__init__(cfg)
@@ -133,9 +134,11 @@ class FsodTrainer(DefaultTrainer):
     # ------------------------------------------------------------------ building blocks
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
-        """detectron2's model, with the parameters of ``FSOD.ADAPT.FREEZE`` frozen."""
+        """detectron2's model, with the parameters of ``FSOD.ADAPT.FREEZE`` frozen (or of
+        ``FSOD.ADAPT.LOW_SHOT_FREEZE``, on K-shot sets of at most ``FSOD.ADAPT.LOW_SHOT_K``
+        shots per class)."""
         model = super().build_model(cfg)
-        freeze_parameters(model, cfg.FSOD.ADAPT.FREEZE)
+        freeze_parameters(model, *frozen_prefixes(cfg))
         return model
 
     @classmethod
