@@ -30,7 +30,7 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def add_inference_options(parser: Any) -> None:
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
     """The options every inference tool ends with: ``--threads`` and config overrides."""
     parser.add_argument(
         "--threads",

@@ -55,9 +55,10 @@ __all__ = [
     "freeze_parameters",
     "frozen_prefixes",
     "kshot_set_info",
-    "training_shots",
+    "scheduled_cfg",
     "single_shot_note",
     "support_folder_to_coco",
+    "training_shots",
 ]
 
 _KSHOT_NAME = re.compile(r"_(\d+)shot(?:_seed\d+)?(?:_base|_novel)?$")
