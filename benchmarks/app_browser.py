@@ -197,7 +197,30 @@ class AppPage:
         el.click()
 
     def upload(self, elem_id: str, paths: Sequence[str]) -> None:
+        """Hand ``paths`` to the file input of ``elem_id`` (returns before Gradio has them)."""
         self.element(f"#{elem_id} input[type=file]").send_keys("\n".join(str(p) for p in paths))
+
+    def listed_files(self, elem_id: str) -> list[str]:
+        """The names a file component lists as uploaded (each row has its download link)."""
+        return self.web.execute_script(
+            "return [...document.querySelectorAll(arguments[0])]"
+            ".filter(r => r.querySelector('a.download-link[href]'))"
+            ".map(r => r.querySelector('td.filename').getAttribute('aria-label'));",
+            f"#{elem_id} tr.file",
+        )
+
+    def set_files(self, elem_id: str, paths: Sequence[str]) -> None:
+        """Replace the files of the file component ``elem_id`` with ``paths`` and wait until it
+        lists them as uploaded. (An upload to a multi-file component adds to the files it has;
+        a click right after :meth:`upload` may still see the earlier ones.)"""
+        clear = self._find(f"#{elem_id} button[aria-label=Clear]")
+        if clear is not None:
+            self.web.execute_script("arguments[0].scrollIntoView({block: 'center'});", clear)
+            clear.click()
+            self.wait(lambda: not self._find(f"#{elem_id} tr.file"), f"#{elem_id} to be empty")
+        self.upload(elem_id, paths)
+        names = [os.path.basename(str(p)) for p in paths]
+        self.wait(lambda: self.listed_files(elem_id) == names, f"#{elem_id} to list {names}")
 
     def set_text(self, elem_id: str, text: str) -> None:
         box = self.element(f"#{elem_id} textarea, #{elem_id} input")

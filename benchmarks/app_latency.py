@@ -122,7 +122,7 @@ def main(argv=None):
         page = AppPage(chromium_driver(*found, width=1100, height=820), server.url)
         try:
             page.tab("Detect")
-            page.upload("queries", [image])
+            page.set_files("queries", [image])
             times = []
             for i in range(args.repeats + 1):
                 before = page.json("detections-json").get("run", 0)

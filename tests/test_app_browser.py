@@ -110,19 +110,20 @@ def _assert_same(page_detections, expected):
 def test_mistakes_show_a_message_and_the_app_goes_on(page, files):
     # runs first, on the fresh app: no class yet
     page.tab("Detect")
-    page.upload("queries", [files["query"]])
+    page.set_files("queries", [files["query"]])
     page.click("detect")
-    assert "no class to detect" in page.wait_message("detect-message", "Error")
+    assert "no class to detect" in page.wait_message("detect-message", "Error:")
 
     page.tab("Classes")
-    page.upload("example-files", [files["text"]])
-    assert "notes.txt is not an image" in page.wait_message("classes-message", "Error")
+    page.set_files("example-files", [files["text"]])
+    message = page.wait_message("classes-message", "Error:")
+    assert message.startswith("Error: notes.txt is not an image"), message
     page.set_text("class-name", "whole square")
-    page.upload("example-files", [files["example"]])
+    page.set_files("example-files", [files["example"]])
     page.wait_message("classes-message", "click two opposite corners")
     page.click_pixel("example-view", 40, 50)
     page.click_pixel("example-view", 40, 80)  # the same column: a box without area
-    assert "box without area" in page.wait_message("classes-message", "Error")
+    assert "box without area" in page.wait_message("classes-message", "Error:")
     page.upload("prototype-file", [files["other_npz"]])
     message = page.wait_message("classes-message", "other weights")
     assert message.startswith("Error: other_weights.npz were computed with other weights")
@@ -130,10 +131,11 @@ def test_mistakes_show_a_message_and_the_app_goes_on(page, files):
     page.wait_message("classes-message", "Added class 'whole square'")
 
     page.tab("Detect")
-    page.upload("queries", [files["text"]])
+    page.set_files("queries", [files["text"]])
     page.click("detect")
-    assert "notes.txt is not an image" in page.wait_message("detect-message", "Error")
-    page.upload("queries", [files["query"]])
+    message = page.wait_message("detect-message", "Error:")
+    assert message.startswith("Error: notes.txt is not an image"), message
+    page.set_files("queries", [files["query"]])
     page.click("detect")
     data = page.wait(lambda: page.json("detections-json"), "detections")
     assert data["run"] == 1 and data["images"][0]["file_name"] == "query.png"
@@ -154,7 +156,7 @@ def test_page_shows_what_predict_detects(app, page, files, tmp_path, one_thread)
     page.wait_message("classes-message", "Saved")
 
     page.tab("Detect")
-    page.upload("queries", [files["query"]])
+    page.set_files("queries", [files["query"]])
     page.click("detect")
     data = page.wait(lambda: page.json("detections-json"), "detections")
     page.wait(lambda: page.gallery_ready("gallery"), "the drawn detections")
