@@ -576,13 +576,13 @@ class Session:
     """One page's state: the example images being boxed, the last detection and the last count.
 
     Args:
-        library: the classes (shared by every page).
+        classes: the class library (shared by every page).
         workdir: where this page's files go (the COCO json of each detection); removed by
             :meth:`close`.
     """
 
-    def __init__(self, library: ClassLibrary, workdir: str | None = None):
-        self.classes = library
+    def __init__(self, classes: ClassLibrary, workdir: str | None = None):
+        self.classes = classes
         self.workdir = workdir or tempfile.mkdtemp(prefix="fsod_app_")
         os.makedirs(self.workdir, exist_ok=True)
         self.model_runs = 0  # images this page ran the model on

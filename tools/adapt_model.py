@@ -47,7 +47,6 @@ from fsod_d2.engine.adapt import (
     ProgressBar,
     adaptation_overrides,
     frozen_prefixes,
-    scheduled_cfg,
     single_shot_note,
     support_folder_to_coco,
 )
@@ -149,9 +148,14 @@ def run(args) -> dict:
     shots = {n: 0 for n in names}
     for a in coco["annotations"]:
         shots[names[a["category_id"] - 1]] += 1
-    # the set's K (its fewest examples per class) selects the parts to freeze
+    # the set's K (its fewest examples per class) sets the parts to freeze and the iterations
     MetadataCatalog.get(dataset).set(kshot=min(shots.values()))
-    cfg = scheduled_cfg(build_adapt_cfg(args, dataset, len(names)))
+    note = single_shot_note(shots)
+    if note:
+        logger.warning(note)
+    start = time.perf_counter()
+    trainer = AdaptTrainer(build_adapt_cfg(args, dataset, len(names)))
+    cfg = trainer.cfg  # with the iterations for the set's K
     logger.info(
         "Adapting %s to %d classes of %s (%s), %d iterations",
         cfg.MODEL.WEIGHTS,
@@ -160,11 +164,6 @@ def run(args) -> dict:
         ", ".join(f"{n}: {k}" for n, k in shots.items()),
         cfg.SOLVER.MAX_ITER,
     )
-    note = single_shot_note(shots)
-    if note:
-        logger.warning(note)
-    start = time.perf_counter()
-    trainer = AdaptTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     seconds = time.perf_counter() - start

@@ -108,8 +108,8 @@ class Pages:
     """One :class:`Session` per browser page (Gradio's session hash), the oldest dropped past
     ``keep``."""
 
-    def __init__(self, library: ClassLibrary, root: str, keep: int = 16):
-        self.classes, self.root, self.keep = library, root, keep
+    def __init__(self, classes: ClassLibrary, root: str, keep: int = 16):
+        self.classes, self.root, self.keep = classes, root, keep
         self._sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
         self._lock = threading.Lock()
 
